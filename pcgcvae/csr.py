@@ -1,0 +1,126 @@
+"""Local sparse matrices as CSR arrays, with the checks and the scaling
+D^-1/2 A D^-1/2 that everything downstream relies on.
+
+These are plain NumPy arrays taken from (or given to) PETSc matrices with
+``getValuesCSR`` / ``createAIJ``; they let the network and the training code
+run without PETSc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OperatorError
+
+
+@dataclass
+class CSR:
+    """A square local matrix in CSR form with sorted column indices per row."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(self.indices, dtype=np.int64)
+        self.data = np.ascontiguousarray(self.data, dtype=np.float64)
+
+    @property
+    def n(self) -> int:
+        """Number of rows (and columns)."""
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    def rows(self) -> np.ndarray:
+        """Row index of every stored entry."""
+        return np.repeat(np.arange(self.n, dtype=np.int64), np.diff(self.indptr))
+
+    def keys(self) -> np.ndarray:
+        """Entry keys ``row * n + col``; strictly increasing for sorted CSR."""
+        return self.rows() * self.n + self.indices
+
+    def lookup(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Values A[r, c] (0 where no entry is stored), vectorised."""
+        keys = self.keys()
+        want = np.asarray(r, dtype=np.int64) * self.n + np.asarray(c, dtype=np.int64)
+        pos = np.searchsorted(keys, want)
+        pos = np.minimum(pos, max(len(keys) - 1, 0))
+        if len(keys) == 0:
+            return np.zeros(want.shape)
+        found = keys[pos] == want
+        return np.where(found, self.data[pos], 0.0)
+
+    def diagonal(self) -> np.ndarray:
+        idx = np.arange(self.n)
+        return self.lookup(idx, idx)
+
+    def lower(self) -> CSR:
+        """The lower triangle including the diagonal."""
+        return self.select(self.indices <= self.rows())
+
+    def select(self, mask: np.ndarray) -> CSR:
+        """The entries where ``mask`` holds, as a new CSR."""
+        counts = np.bincount(self.rows()[mask], minlength=self.n)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return CSR(indptr, self.indices[mask], self.data[mask])
+
+    def with_data(self, data: np.ndarray) -> CSR:
+        return CSR(self.indptr, self.indices, data)
+
+    def take_rows(self, rows: np.ndarray) -> CSR:
+        """The given rows (in that order), columns unchanged."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = np.diff(self.indptr)[rows]
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        pos = np.repeat(self.indptr[rows] - indptr[:-1], lengths) + np.arange(indptr[-1])
+        return CSR(indptr, self.indices[pos], self.data[pos])
+
+    def sorted_check(self) -> None:
+        """Raise unless column indices are strictly increasing in every row."""
+        if self.nnz == 0:
+            return
+        keys = self.keys()
+        if np.any(np.diff(keys) <= 0):
+            raise OperatorError("CSR column indices are not sorted and unique in every row")
+
+
+def check_operator(a: CSR, global_index: np.ndarray | None = None) -> None:
+    """Raise :class:`OperatorError` naming the first problem of ``a``.
+
+    Checks: at least one row, finite entries, a strictly positive diagonal.
+    ``global_index`` maps local row/column numbers to global ones in messages.
+    """
+    gi = np.arange(a.n) if global_index is None else np.asarray(global_index)
+    if a.n == 0:
+        raise OperatorError("the local block is empty (this rank owns no rows of the operator)")
+    bad = np.flatnonzero(~np.isfinite(a.data))
+    if len(bad):
+        r = int(a.rows()[bad[0]])
+        raise OperatorError(
+            f"operator has a non-finite entry {a.data[bad[0]]} at row {gi[r]}, "
+            f"column {gi[int(a.indices[bad[0]])]} ({len(bad)} non-finite entries)"
+        )
+    d = a.diagonal()
+    bad = np.flatnonzero(~(d > 0))
+    if len(bad):
+        r = int(bad[0])
+        raise OperatorError(
+            f"operator has a non-positive diagonal entry A[{gi[r]},{gi[r]}] = {d[r]} "
+            f"({len(bad)} such rows); an SPD operator is required"
+        )
+
+
+def scale_symmetric(a: CSR) -> tuple[CSR, np.ndarray]:
+    """Return (Â, D^-1/2) with Â = D^-1/2 A D^-1/2 and D = diag(A).
+
+    ``a`` must have passed :func:`check_operator`.
+    """
+    dinv = 1.0 / np.sqrt(a.diagonal())
+    data = a.data * dinv[a.rows()] * dinv[a.indices]
+    return a.with_data(data), dinv

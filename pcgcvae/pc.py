@@ -1,0 +1,490 @@
+"""PETSc Python-context preconditioners: the learned GCVAE SPAI and the
+classical FSAI reference.
+
+Both build, on every MPI rank, a lower-triangular factor G with a strictly
+positive diagonal from the rank's (optionally overlapped) block of the
+preconditioning matrix, assemble it as a parallel AIJ matrix and apply
+M = Gᵀ G with two mat-vecs::
+
+    -ksp_type cg -pc_type python -pc_python_type pcgcvae.GCVAEPC
+    -ksp_type cg -pc_type python -pc_python_type pcgcvae.FSAIPC
+
+Options (with the PC's prefix): ``-pc_gcvae_model``, ``-pc_gcvae_samples``,
+``-pc_gcvae_latent mean|sample``, ``-pc_gcvae_seed``,
+``-pc_gcvae_pattern_level``, ``-pc_gcvae_pattern_threshold``,
+``-pc_gcvae_overlap`` (``-pc_fsai_*`` for the pattern and overlap of FSAIPC).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from petsc4py import PETSc
+
+from .csr import CSR, check_operator, scale_symmetric
+from .errors import OperatorError, OptionError, PCGCVAEError
+from .fsai import fsai_values, kaporin_score
+from .pattern import MAX_LEVEL, factor_pattern
+from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
+
+_EVENTS: dict[str, PETSc.Log.Event] = {}
+
+
+def _event(name: str) -> PETSc.Log.Event:
+    if name not in _EVENTS:
+        _EVENTS[name] = PETSc.Log.Event(name)
+    return _EVENTS[name]
+
+
+def _require_real_scalars() -> None:
+    if np.dtype(PETSc.ScalarType).kind == "c":
+        raise OperatorError(
+            "pcgcvae needs a real-scalar PETSc build; this PETSc was configured with complex scalars"
+        )
+
+
+class _LocalBlock:
+    """The rank's block of P: CSR, its global indices and the owned rows."""
+
+    def __init__(self, csr: CSR, global_index: np.ndarray, owned: np.ndarray) -> None:
+        self.csr = csr
+        self.global_index = global_index
+        self.owned = owned
+
+
+class SPAIFactorPC:
+    """Shared machinery of the factored SPAI preconditioners (M = Gᵀ G).
+
+    Subclasses provide ``_factor_values`` (the values of Ĝ on the pattern for
+    the scaled local operator) and their option names.
+    """
+
+    options_stem = "pc_spai_"
+    name = "SPAI"
+
+    def __init__(self) -> None:
+        self.pattern_level = 1
+        self.pattern_threshold = 0.02
+        self.overlap = 0
+        self.G: PETSc.Mat | None = None
+        self.GT: PETSc.Mat | None = None
+        self._work: PETSc.Vec | None = None
+        self._structure: tuple[np.ndarray, np.ndarray] | None = None
+        self._pattern_cache: dict = {}
+        self._overlap_cache: dict = {}
+        self.stats: dict = {}
+        self.times: dict[str, float] = {}
+
+    # -- PETSc PC interface -------------------------------------------------
+    def create(self, pc: PETSc.PC) -> None:
+        _require_real_scalars()
+
+    def setFromOptions(self, pc: PETSc.PC) -> None:
+        _require_real_scalars()
+        opts = PETSc.Options(pc.getOptionsPrefix())
+        stem = self.options_stem
+        self.pattern_level = opts.getInt(stem + "pattern_level", self.pattern_level)
+        self.pattern_threshold = opts.getReal(stem + "pattern_threshold", self.pattern_threshold)
+        self.overlap = opts.getInt(stem + "overlap", self.overlap)
+        self._read_options(opts)
+        self._validate_options()
+
+    def _read_options(self, opts: PETSc.Options) -> None:
+        """Subclass hook: read the subclass's own options."""
+
+    def _validate_options(self) -> None:
+        if not 1 <= self.pattern_level <= MAX_LEVEL:
+            raise OptionError(f"-{self.options_stem}pattern_level must be in 1..{MAX_LEVEL}, got {self.pattern_level}")
+        if not (self.pattern_threshold >= 0 and np.isfinite(self.pattern_threshold)):
+            raise OptionError(f"-{self.options_stem}pattern_threshold must be >= 0, got {self.pattern_threshold}")
+        if self.overlap < 0:
+            raise OptionError(f"-{self.options_stem}overlap must be >= 0, got {self.overlap}")
+
+    def setUp(self, pc: PETSc.PC) -> None:
+        try:
+            self._setup(pc)
+        except Exception:
+            self._destroy_factor()
+            raise
+
+    def reset(self, pc: PETSc.PC) -> None:
+        self._destroy_factor()
+        self._pattern_cache.clear()
+        self._overlap_cache.clear()
+
+    def destroy(self, pc: PETSc.PC) -> None:
+        self.reset(pc)
+
+    def apply(self, pc: PETSc.PC, x: PETSc.Vec, y: PETSc.Vec) -> None:
+        with self._logged(self.name + "Apply"):
+            self.G.mult(x, self._work)
+            self.GT.mult(self._work, y)
+
+    def applyTranspose(self, pc: PETSc.PC, x: PETSc.Vec, y: PETSc.Vec) -> None:
+        # M = Gᵀ G is symmetric.
+        self.apply(pc, x, y)
+
+    def matApply(self, pc: PETSc.PC, X: PETSc.Mat, Y: PETSc.Mat) -> None:
+        with self._logged(self.name + "Apply"):
+            T = self.G.matMult(X)
+            Z = self.GT.matMult(T)
+            Z.copy(Y)
+            T.destroy()
+            Z.destroy()
+
+    def view(self, pc: PETSc.PC, viewer: PETSc.Viewer) -> None:
+        viewer.printfASCII(f"  {self.name}: factored sparse approximate inverse M = G^T G\n")
+        for line in self._view_lines():
+            viewer.printfASCII(f"    {line}\n")
+
+    # -- views and stats ----------------------------------------------------
+    def _view_lines(self) -> list[str]:
+        lines = [
+            f"pattern level {self.pattern_level} (threshold {self.pattern_threshold:g}), overlap {self.overlap}",
+        ]
+        if self.G is None:
+            lines.append("not set up")
+            return lines
+        st = self.stats
+        lines.append(
+            f"nnz(G) = {st['nnz_G']}, nnz(tril A) = {st['nnz_trilA']}, fill ratio {st['fill']:.3f}"
+        )
+        lines.append(f"Kaporin score -(2/n) sum log G_ii (normalised rows): {st['kaporin']:.6f}")
+        lines.append(
+            "setup times (s, max over ranks): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in self.stats.get("times", {}).items())
+        )
+        return lines
+
+    @contextmanager
+    def _logged(self, name: str) -> Iterator[None]:
+        ev = _event(name)
+        ev.begin()
+        try:
+            yield
+        finally:
+            ev.end()
+
+    @contextmanager
+    def _timed(self, stage: str, event: str | None = None) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if event is None:
+            yield
+        else:
+            with self._logged(event):
+                yield
+        self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
+
+    # -- set-up ----------------------------------------------------------------
+    def _destroy_factor(self) -> None:
+        for obj in (self.G, self.GT, self._work):
+            if obj is not None:
+                obj.destroy()
+        self.G = self.GT = self._work = None
+        self._structure = None
+
+    def _check_global(self, P: PETSc.Mat) -> None:
+        """Checks whose answer is the same on every rank (so raising is safe)."""
+        _require_real_scalars()
+        m, n = P.getSize()
+        if m != n:
+            raise OperatorError(f"{self.name} needs a square operator, got {m} x {n}")
+        mtype = P.getType()
+        if "aij" not in mtype:
+            raise OperatorError(
+                f"{self.name} needs an assembled AIJ/BAIJ/SBAIJ matrix, got type '{mtype}'; "
+                "with Firedrake use mat_type 'aij' or wrap it in firedrake.AssembledPC"
+            )
+        if not P.assembled:
+            raise OperatorError(f"{self.name}: the operator is not assembled (call Mat.assemble() first)")
+
+    def _local_block(self, P: PETSc.Mat) -> _LocalBlock:
+        """The local (possibly overlapped) block; collective when overlapping."""
+        rstart, rend = P.getOwnershipRange()
+        size = P.getComm().getSize()
+        if self.overlap == 0 or size == 1:
+            local = P if size == 1 else P.getDiagonalBlock()
+            csr = mat_to_csr(local)
+            return _LocalBlock(csr, np.arange(rstart, rend), np.arange(rend - rstart))
+        key = (self.overlap, P.getSize(), (rstart, rend))
+        cache = self._overlap_cache
+        if cache.get("key") != key:
+            iset = PETSc.IS().createStride(rend - rstart, first=rstart, step=1, comm=PETSc.COMM_SELF)
+            (iset,) = P.increaseOverlap([iset], self.overlap) or (iset,)
+            iset.sort()
+            cache.clear()
+            cache.update(key=key, iset=iset, submats=None)
+        iset = cache["iset"]
+        cache["submats"] = P.createSubMatrices(iset, submats=cache["submats"])
+        idx = iset.getIndices().astype(np.int64)
+        owned = np.flatnonzero((idx >= rstart) & (idx < rend))
+        return _LocalBlock(mat_to_csr(cache["submats"][0]), idx, owned)
+
+    def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray, PETSc.Mat]:
+        check_operator(block.csr, block.global_index)
+        ahat, dinv = scale_symmetric(block.csr)
+        cache = self._pattern_cache
+        same = (
+            "ahat_mat" in cache
+            and np.array_equal(cache["indptr"], ahat.indptr)
+            and np.array_equal(cache["indices"], ahat.indices)
+        )
+        if same:
+            ahat_mat = csr_to_mat(ahat, out=cache["ahat_mat"])
+        else:
+            cache.clear()
+            ahat_mat = csr_to_mat(ahat)
+            cache.update(indptr=ahat.indptr.copy(), indices=ahat.indices.copy(), ahat_mat=ahat_mat)
+        return ahat, dinv, ahat_mat
+
+    def _pattern(self, ahat: CSR, ahat_mat: PETSc.Mat) -> tuple[CSR, np.ndarray | None]:
+        cache = self._pattern_cache
+        key = (self.pattern_level, self.pattern_threshold)
+        if self.pattern_level == 1 and cache.get("pattern_key") == key:
+            s = cache["pattern"]
+            return s.with_data(ahat.lookup(s.rows(), s.indices)), None
+        s, a2 = factor_pattern(ahat, ahat_mat, self.pattern_level, self.pattern_threshold)
+        cache.update(pattern_key=key, pattern=s)
+        return s, a2
+
+    def _factor_values(self, ahat: CSR, ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None,
+                       block: _LocalBlock, block_size: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _prepare(self, P: PETSc.Mat) -> None:
+        """Subclass hook run on every rank before the local stage (may raise)."""
+
+    def _local_factor(self, P: PETSc.Mat, block: _LocalBlock) -> tuple[CSR, dict]:
+        """Owned rows of G = Ĝ D^-1/2 with global column indices, plus stats."""
+        with self._timed("scale"):
+            ahat, dinv, ahat_mat = self._scaled_operator(block)
+        with self._timed("pattern", self.name + "Pattern"):
+            s, a2 = self._pattern(ahat, ahat_mat)
+        g = self._factor_values(ahat, ahat_mat, s, a2, block, P.getBlockSize())
+        own = s.take_rows(block.owned)
+        g_own = s.with_data(g).take_rows(block.owned).data
+        diag = g_own[own.indptr[1:] - 1]
+        if not (np.all(np.isfinite(g_own)) and np.all(diag > 0)):
+            raise PCGCVAEError(f"{self.name}: the generated factor has non-finite values or a non-positive diagonal")
+        values = g_own * dinv[own.indices]
+        factor = CSR(own.indptr, block.global_index[own.indices], values)
+        rows_a = block.csr.take_rows(block.owned)
+        tril_a = int(np.count_nonzero(rows_a.indices <= np.repeat(block.owned, np.diff(rows_a.indptr))))
+        stats = {"n": own.n, "nnz_G": own.nnz, "nnz_trilA": tril_a, "sum_log_diag": float(np.sum(np.log(diag)))}
+        return factor, stats
+
+    def _setup(self, pc: PETSc.PC) -> None:
+        self.times = {}
+        t0 = time.perf_counter()
+        _, P = pc.getOperators()
+        self._check_global(P)
+        self.stats = {"block_size": P.getBlockSize()}
+        comm = P.getComm()
+        mpicomm = comm.tompi4py()
+        with self._timed("local block"):
+            block = self._local_block(P)  # collective with overlap
+        error = None
+        try:
+            self._prepare(P)
+            factor, stats = self._local_factor(P, block)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PCGCVAEError) else str(exc)
+            err_type = type(exc) if isinstance(exc, PCGCVAEError) else PCGCVAEError
+        errors = mpicomm.allgather(error)
+        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        if failed:
+            where = "; ".join(f"rank {r}: {e}" if comm.getSize() > 1 else e for r, e in failed)
+            exc_type = err_type if error is not None else PCGCVAEError
+            raise exc_type(f"{self.name} setup failed: {where}")
+        with self._timed("assembly", self.name + "Assembly"):
+            self._assemble(P, factor)
+        totals = mpicomm.allreduce(
+            np.array([stats["n"], stats["nnz_G"], stats["nnz_trilA"], stats["sum_log_diag"]], dtype=np.float64)
+        )
+        self.times["total"] = time.perf_counter() - t0
+        names = list(self.times)
+        tmax = mpicomm.allreduce(np.array([self.times[k] for k in names]), op=_max_op())
+        self.stats.update(
+            n=int(totals[0]),
+            nnz_G=int(totals[1]),
+            nnz_trilA=int(totals[2]),
+            fill=totals[1] / max(totals[2], 1.0),
+            kaporin=-2.0 * totals[3] / max(totals[0], 1.0),
+            times=dict(zip(names, tmax.tolist())),
+        )
+
+    def _assemble(self, P: PETSc.Mat, factor: CSR) -> None:
+        comm = P.getComm()
+        ia = factor.indptr.astype(PETSc.IntType)
+        ja = factor.indices.astype(PETSc.IntType)
+        va = factor.data.astype(PETSc.ScalarType)
+        structure_changed = (
+            self._structure is None
+            or not np.array_equal(self._structure[0], ia)
+            or not np.array_equal(self._structure[1], ja)
+        )
+        if comm.tompi4py().allreduce(structure_changed, op=_lor_op()):
+            self._destroy_factor()
+            self.G = PETSc.Mat().createAIJ(size=P.getSizes(), csr=(ia, ja, va), comm=comm)
+            self.G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+            self.GT = self.G.transpose()
+            self._work = self.G.createVecLeft()
+            self._structure = (ia.copy(), ja.copy())
+        else:
+            self.G.zeroEntries()
+            rstart = self.G.getOwnershipRange()[0]
+            for i in range(len(ia) - 1):
+                self.G.setValues(rstart + i, ja[ia[i]:ia[i + 1]], va[ia[i]:ia[i + 1]])
+            self.G.assemble()
+            self.G.transpose(self.GT)
+
+
+def _max_op():  # noqa: ANN202
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+def _lor_op():  # noqa: ANN202
+    from mpi4py import MPI
+
+    return MPI.LOR
+
+
+class FSAIPC(SPAIFactorPC):
+    """Classical FSAI: the exact Kaporin minimiser on the chosen pattern.
+
+    ``-pc_type python -pc_python_type pcgcvae.FSAIPC``; options
+    ``-pc_fsai_pattern_level``, ``-pc_fsai_pattern_threshold``, ``-pc_fsai_overlap``.
+    """
+
+    options_stem = "pc_fsai_"
+    name = "FSAI"
+
+    def _factor_values(self, ahat: CSR, ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None,
+                       block: _LocalBlock, block_size: int) -> np.ndarray:
+        with self._timed("fsai", "FSAIFactor"):
+            return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index)
+
+
+class GCVAEPC(SPAIFactorPC):
+    """The learned SPAI: a GCVAE generates G from the operator's own graph.
+
+    ``-pc_type python -pc_python_type pcgcvae.GCVAEPC``; options
+    ``-pc_gcvae_model NAME|PATH`` (default: ``poisson`` for block size 1,
+    ``elasticity`` otherwise), ``-pc_gcvae_samples K`` (keep the best of K by
+    Kaporin score), ``-pc_gcvae_latent mean|sample`` (with ``mean`` the first
+    candidate is the prior mean), ``-pc_gcvae_seed``,
+    ``-pc_gcvae_pattern_level``, ``-pc_gcvae_pattern_threshold``,
+    ``-pc_gcvae_overlap``.
+    """
+
+    options_stem = "pc_gcvae_"
+    name = "GCVAE"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_name = ""
+        self.samples = 1
+        self.latent = "mean"
+        self.seed = 0
+        self.model = None
+        self.model_info: dict = {}
+
+    def _read_options(self, opts: PETSc.Options) -> None:
+        stem = self.options_stem
+        self.model_name = opts.getString(stem + "model", self.model_name)
+        self.samples = opts.getInt(stem + "samples", self.samples)
+        self.latent = opts.getString(stem + "latent", self.latent)
+        self.seed = opts.getInt(stem + "seed", self.seed)
+
+    def _validate_options(self) -> None:
+        super()._validate_options()
+        if self.samples < 1:
+            raise OptionError(f"-pc_gcvae_samples must be >= 1, got {self.samples}")
+        if self.latent not in ("mean", "sample"):
+            raise OptionError(f"-pc_gcvae_latent must be 'mean' or 'sample', got '{self.latent}'")
+
+    def _model_for(self, block_size: int) -> str:
+        return self.model_name or ("poisson" if block_size == 1 else "elasticity")
+
+    def _prepare(self, P: PETSc.Mat) -> None:
+        from .checkpoint import load_model
+
+        name = self._model_for(P.getBlockSize())
+        with self._timed("model load"):
+            self.model, self.model_info = load_model(name)
+        meta = self.model_info["meta"]
+        bs = P.getBlockSize()
+        if bs not in meta["block_sizes"]:
+            raise OperatorError(
+                f"GCVAE model '{name}' was trained for block size(s) {meta['block_sizes']} "
+                f"({meta['family']}), but the operator has block size {bs}; choose another -pc_gcvae_model"
+            )
+        if self.pattern_level not in meta["pattern_levels"]:
+            raise OptionError(
+                f"GCVAE model '{name}' supports pattern levels {meta['pattern_levels']}, "
+                f"not {self.pattern_level}"
+            )
+
+    def _factor_values(self, ahat: CSR, ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None,
+                       block: _LocalBlock, block_size: int) -> np.ndarray:
+        import torch
+
+        from .graph import build_graph
+
+        with self._timed("graph", "GCVAEGraph"):
+            data = build_graph(ahat, s, a2_on_s=a2, block_size=block_size)
+        gen = torch.Generator().manual_seed(self.seed + 7919 * block.global_index[0].item()
+                                            if block.csr.n else self.seed)
+        with self._timed("inference", "GCVAEInference"):
+            raws = []
+            if self.latent == "mean":
+                raws += self.model.generate(data, use_mean=True)
+            rest = self.samples - len(raws)
+            if rest > 0:
+                raws += self.model.generate(data, samples=rest, generator=gen)
+        best, best_score, scores = None, np.inf, []
+        with self._timed("selection", "GCVAESelect"):
+            owned_s = s.take_rows(block.owned)
+            for raw in raws:
+                g = raw.double().numpy()
+                if not np.all(np.isfinite(g)):
+                    raise PCGCVAEError("GCVAE produced non-finite factor values")
+                g = normalise_rows_petsc(s.with_data(g), ahat_mat)
+                score = kaporin_score(s.with_data(g).take_rows(block.owned).data, owned_s)
+                scores.append(score)
+                if score < best_score:
+                    best, best_score = g, score
+        self.stats["sample_scores"] = scores
+        return best
+
+    def _view_lines(self) -> list[str]:
+        meta = self.model_info.get("meta", {})
+        lines = [
+            f"model '{self._model_for(self.stats.get('block_size', 1))}'"
+            f" (family: {meta.get('family', 'not loaded')}, block sizes {meta.get('block_sizes', '?')})",
+            f"samples {self.samples} ({self.latent} latent first), seed {self.seed}",
+        ]
+        scores = self.stats.get("sample_scores")
+        if scores:
+            lines.append(
+                "rank-0 sample Kaporin scores: " + ", ".join(f"{v:.5f}" for v in scores)
+                + f" (chose {min(scores):.5f})"
+            )
+        return lines + super()._view_lines()
+
+
+def normalise_rows_petsc(g: CSR, ahat_mat: PETSc.Mat) -> np.ndarray:
+    """Values of G scaled so that diag(G Â Gᵀ) = 1, with one PETSc MatMatMult."""
+    gmat = csr_to_mat(g)
+    prod = gmat.matMult(ahat_mat)
+    q = row_dot(g, mat_to_csr(prod))
+    gmat.destroy()
+    prod.destroy()
+    if not np.all(q > 0):
+        raise PCGCVAEError("GCVAE factor has a row with (G Â Gᵀ)_ii <= 0; the operator is not SPD")
+    return g.data / np.sqrt(q)[g.rows()]

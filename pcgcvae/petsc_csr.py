@@ -1,0 +1,42 @@
+"""Moving CSR arrays in and out of PETSc sequential AIJ matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+from petsc4py import PETSc
+
+from .csr import CSR
+
+
+def mat_to_csr(mat: PETSc.Mat) -> CSR:
+    """CSR arrays of a sequential matrix (any type; converted to AIJ if needed)."""
+    if mat.getType() not in (PETSc.Mat.Type.SEQAIJ, PETSc.Mat.Type.AIJ):
+        mat = mat.convert(PETSc.Mat.Type.SEQAIJ)
+    indptr, indices, data = mat.getValuesCSR()
+    out = CSR(indptr, indices, np.real(data))
+    out.sorted_check()
+    return out
+
+
+def csr_to_mat(csr: CSR, out: PETSc.Mat | None = None) -> PETSc.Mat:
+    """A sequential AIJ matrix with the structure and values of ``csr``.
+
+    With ``out`` of the same structure, its values are overwritten in place.
+    """
+    n = csr.n
+    ia = csr.indptr.astype(PETSc.IntType)
+    ja = csr.indices.astype(PETSc.IntType)
+    va = csr.data.astype(PETSc.ScalarType)
+    if out is None:
+        out = PETSc.Mat().createAIJ(size=(n, n), csr=(ia, ja, va), comm=PETSc.COMM_SELF)
+    else:
+        out.zeroEntries()
+        out.setValuesCSR(ia, ja, va)
+        out.assemble()
+    return out
+
+
+def row_dot(left: CSR, right: CSR) -> np.ndarray:
+    """Σ_k left_ik right_ik for every row (pattern(right) ⊇ pattern(left) not required)."""
+    vals = right.lookup(left.rows(), left.indices) * left.data
+    return np.bincount(left.rows(), weights=vals, minlength=left.n)

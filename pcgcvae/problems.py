@@ -1,0 +1,282 @@
+"""Problem families, assembled with Firedrake.
+
+* Poisson  -∇·(κ∇u) = f  with heterogeneous κ: log-normal random fields
+  (random Fourier features of a Gaussian covariance, with correlation length
+  and contrast as parameters) or piecewise-constant inclusions with jumps;
+  P1/P2; meshes: structured squares, randomly perturbed squares, L-shapes,
+  squares with a hole, discs.
+* Linear elasticity in 2D/3D with a varying Young's modulus field and Poisson
+  ratio up to nearly incompressible; P1/P2; clamped on one side.
+
+Every random parameter enters the forms through ``Constant``s, so the forms
+compile once per family and the same seed gives the same problem in serial
+and in parallel.  Dirichlet rows come out as Firedrake assembles them
+(identity rows and columns).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+N_MODES = 16
+N_INCLUSIONS = 6
+MESHES_2D = ("square", "perturbed", "lshape", "hole", "disc")
+
+
+@dataclass
+class ProblemSpec:
+    """Everything needed to rebuild a problem: family, mesh, discretisation, parameters, seed."""
+
+    family: str  # "poisson" | "elasticity"
+    size: int  # cells per side (disc: refinement level)
+    degree: int = 1
+    mesh: str = "square"
+    dim: int = 2
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def random_spec(family: str, size: int, seed: int, dim: int | None = None,
+                degree: int | None = None, mesh: str | None = None) -> ProblemSpec:
+    """Draw the parameters of one problem of ``family`` from ``seed``."""
+    rng = np.random.default_rng(seed)
+    if family == "poisson":
+        params = {
+            "kappa": str(rng.choice(["lognormal", "lognormal", "jumps"])),
+            "sigma": float(rng.uniform(0.5, 2.0)),
+            "corr": float(rng.uniform(0.05, 0.4)),
+            "contrast": float(10 ** rng.uniform(1, 4)),
+        }
+        return ProblemSpec(
+            family, size,
+            degree=degree or int(rng.choice([1, 1, 2])),
+            mesh=mesh or str(rng.choice(MESHES_2D)),
+            dim=2, seed=seed, params=params,
+        )
+    if family == "elasticity":
+        params = {
+            "E_sigma": float(rng.uniform(0.0, 1.5)),
+            "corr": float(rng.uniform(0.1, 0.5)),
+            "nu": float(rng.uniform(0.2, 0.45)),
+        }
+        d = dim or int(rng.choice([2, 2, 3]))
+        return ProblemSpec(
+            family, size,
+            degree=degree or int(rng.choice([1, 1, 2])),
+            mesh=mesh or ("square" if d == 3 else str(rng.choice(["square", "perturbed", "lshape", "hole"]))),
+            dim=d, seed=seed, params=params,
+        )
+    raise ValueError(f"unknown problem family '{family}' (poisson, elasticity)")
+
+
+# --------------------------------------------------------------------- meshes
+def _masked_grid_mesh(n: int, keep, comm):  # noqa: ANN001, ANN202
+    """Triangulated n x n grid of the unit square keeping the cells whose centre satisfies ``keep``."""
+    import firedrake as fd
+    from petsc4py import PETSc
+
+    xs = np.linspace(0.0, 1.0, n + 1)
+    vid = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
+    cells = []
+    for i in range(n):
+        for j in range(n):
+            cx, cy = (xs[i] + xs[i + 1]) / 2, (xs[j] + xs[j + 1]) / 2
+            if keep(cx, cy):
+                a, b, c, d = vid[i, j], vid[i + 1, j], vid[i + 1, j + 1], vid[i, j + 1]
+                cells += [(a, b, c), (a, c, d)]
+    cells = np.array(cells, dtype=PETSc.IntType)
+    used = np.unique(cells)
+    remap = -np.ones((n + 1) ** 2, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    X, Y = np.meshgrid(xs, xs, indexing="ij")
+    coords = np.column_stack([X.ravel(), Y.ravel()])[used]
+    if comm.rank == 0:
+        plex = PETSc.DMPlex().createFromCellList(2, remap[cells].astype(PETSc.IntType), coords, comm=comm)
+    else:
+        plex = PETSc.DMPlex().createFromCellList(
+            2, np.zeros((0, 3), dtype=PETSc.IntType), np.zeros((0, 2)), comm=comm
+        )
+    return fd.Mesh(plex, comm=comm)
+
+
+def build_mesh(spec: ProblemSpec, comm=None):  # noqa: ANN001, ANN201
+    """The mesh of ``spec`` (2D kinds in MESHES_2D, or the unit cube in 3D)."""
+    import firedrake as fd
+
+    comm = comm or fd.COMM_WORLD
+    n = spec.size
+    if spec.dim == 3:
+        return fd.UnitCubeMesh(n, n, n, comm=comm)
+    if spec.mesh == "square":
+        return fd.UnitSquareMesh(n, n, comm=comm)
+    if spec.mesh == "perturbed":
+        mesh = fd.UnitSquareMesh(n, n, comm=comm)
+        x = mesh.coordinates.dat.data_ro
+        # Deterministic "random" shift from the coordinates (same in parallel).
+        h = 1.0 / n
+        phase = np.sin(x[:, 0] * 12.9898 + x[:, 1] * 78.233 + spec.seed) * 43758.5453
+        r1 = phase - np.floor(phase) - 0.5
+        phase2 = np.sin(x[:, 0] * 39.3468 + x[:, 1] * 11.135 + spec.seed) * 24634.6345
+        r2 = phase2 - np.floor(phase2) - 0.5
+        interior = (x[:, 0] > 1e-12) & (x[:, 0] < 1 - 1e-12) & (x[:, 1] > 1e-12) & (x[:, 1] < 1 - 1e-12)
+        shift = 0.5 * h * np.column_stack([r1, r2]) * interior[:, None]
+        mesh.coordinates.dat.data[:] = x + shift
+        return mesh
+    if spec.mesh == "lshape":
+        return _masked_grid_mesh(n, lambda cx, cy: not (cx > 0.5 and cy > 0.5), comm)
+    if spec.mesh == "hole":
+        return _masked_grid_mesh(n, lambda cx, cy: (cx - 0.5) ** 2 + (cy - 0.5) ** 2 > 0.2**2, comm)
+    if spec.mesh == "disc":
+        level = max(1, round(math.log2(max(n, 2))) - 1)
+        return fd.UnitDiskMesh(refinement_level=level, comm=comm)
+    raise ValueError(f"unknown mesh kind '{spec.mesh}' ({', '.join(MESHES_2D)})")
+
+
+# ------------------------------------------------------------------ fields
+def _fourier_field(mesh, rng: np.random.Generator, corr: float):  # noqa: ANN001, ANN202
+    """A zero-mean, unit-variance Gaussian-like field (random Fourier features)."""
+    import firedrake as fd
+
+    dim = mesh.geometric_dimension()
+    x = fd.SpatialCoordinate(mesh)
+    w = fd.Constant(rng.normal(0.0, 1.0 / corr, size=(N_MODES, dim)))
+    phi = fd.Constant(rng.uniform(0.0, 2 * np.pi, size=N_MODES))
+    amp = math.sqrt(2.0 / N_MODES)
+    return sum(amp * fd.cos(sum(w[k, d] * x[d] for d in range(dim)) + phi[k]) for k in range(N_MODES))
+
+
+def _jump_field(mesh, rng: np.random.Generator, contrast: float):  # noqa: ANN001, ANN202
+    """Background 1 with circular inclusions of values in [1/contrast, contrast]."""
+    import firedrake as fd
+
+    x = fd.SpatialCoordinate(mesh)
+    c = fd.Constant(rng.uniform(0.0, 1.0, size=(N_INCLUSIONS, 2)))
+    r = fd.Constant(rng.uniform(0.05, 0.25, size=N_INCLUSIONS))
+    v = fd.Constant(contrast ** rng.uniform(-1.0, 1.0, size=N_INCLUSIONS))
+    kappa = 1.0
+    for k in range(N_INCLUSIONS):
+        inside = (x[0] - c[k, 0]) ** 2 + (x[1] - c[k, 1]) ** 2 < r[k] ** 2
+        kappa = fd.conditional(inside, v[k], kappa)
+    return kappa
+
+
+# ----------------------------------------------------------------- problems
+class Problem:
+    """A discretised linear problem: forms, boundary conditions and spec."""
+
+    def __init__(self, spec: ProblemSpec, V, a, L, bcs, near_nullspace=None) -> None:  # noqa: ANN001
+        self.spec = spec
+        self.V = V
+        self.a = a
+        self.L = L
+        self.bcs = bcs
+        self.near_nullspace = near_nullspace
+
+    @property
+    def block_size(self) -> int:
+        return self.V.block_size
+
+    def assemble_matrix(self):  # noqa: ANN201
+        """The assembled operator as a PETSc matrix (AIJ, Firedrake's Dirichlet rows)."""
+        import firedrake as fd
+
+        A = fd.assemble(self.a, bcs=self.bcs, mat_type="aij")
+        return A.petscmat
+
+    def solve(self, solver_parameters: dict, options_prefix: str | None = None):  # noqa: ANN201
+        """Solve with ``solver_parameters``; returns (solution, the KSP)."""
+        import firedrake as fd
+
+        u = fd.Function(self.V)
+        problem = fd.LinearVariationalProblem(self.a, self.L, u, bcs=self.bcs)
+        solver = fd.LinearVariationalSolver(
+            problem, solver_parameters=solver_parameters, options_prefix=options_prefix,
+            near_nullspace=self.near_nullspace,
+        )
+        solver.snes.ksp.setConvergenceHistory()
+        solver.solve()
+        return u, solver.snes.ksp
+
+
+def poisson(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
+    """-∇·(κ∇u) = 1 with u = 0 on the whole boundary."""
+    import firedrake as fd
+
+    mesh = build_mesh(spec, comm)
+    rng = np.random.default_rng(spec.seed)
+    p = spec.params
+    if p.get("kappa", "lognormal") == "jumps":
+        kappa = _jump_field(mesh, rng, p.get("contrast", 100.0))
+    elif p.get("kappa") == "constant":
+        kappa = fd.Constant(1.0)
+    else:
+        kappa = fd.exp(p.get("sigma", 1.0) * _fourier_field(mesh, rng, p.get("corr", 0.2)))
+    V = fd.FunctionSpace(mesh, "CG", spec.degree)
+    u, v = fd.TrialFunction(V), fd.TestFunction(V)
+    a = kappa * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
+    L = fd.Constant(1.0) * v * fd.dx
+    bcs = [fd.DirichletBC(V, 0.0, "on_boundary")]
+    return Problem(spec, V, a, L, bcs)
+
+
+def rigid_body_modes(V):  # noqa: ANN001, ANN201
+    """Near-nullspace of linear elasticity (translations and rotations) for GAMG."""
+    import firedrake as fd
+
+    mesh = V.mesh()
+    x = fd.SpatialCoordinate(mesh)
+    dim = mesh.geometric_dimension()
+    if dim == 2:
+        exprs = [fd.Constant((1, 0)), fd.Constant((0, 1)), fd.as_vector([-x[1], x[0]])]
+    else:
+        exprs = [fd.Constant((1, 0, 0)), fd.Constant((0, 1, 0)), fd.Constant((0, 0, 1)),
+                 fd.as_vector([-x[1], x[0], 0]), fd.as_vector([0, -x[2], x[1]]), fd.as_vector([x[2], 0, -x[0]])]
+    basis = [fd.assemble(fd.interpolate(e, V)) for e in exprs]
+    nsp = fd.VectorSpaceBasis(basis)
+    nsp.orthonormalize()
+    return nsp
+
+
+def elasticity(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
+    """Linear elasticity with E = exp(E_sigma * field), Poisson ratio nu, clamped at x = 0."""
+    import firedrake as fd
+
+    mesh = build_mesh(spec, comm)
+    rng = np.random.default_rng(spec.seed)
+    p = spec.params
+    E = fd.exp(p.get("E_sigma", 0.0) * _fourier_field(mesh, rng, p.get("corr", 0.3)))
+    nu = fd.Constant(p.get("nu", 0.3))
+    mu = E / (2 * (1 + nu))
+    lam = E * nu / ((1 + nu) * (1 - 2 * nu))
+    V = fd.VectorFunctionSpace(mesh, "CG", spec.degree)
+    u, v = fd.TrialFunction(V), fd.TestFunction(V)
+
+    def eps(w):  # noqa: ANN001, ANN202
+        return fd.sym(fd.grad(w))
+
+    def sigma(w):  # noqa: ANN001, ANN202
+        return 2 * mu * eps(w) + lam * fd.tr(eps(w)) * fd.Identity(spec.dim)
+
+    a = fd.inner(sigma(u), eps(v)) * fd.dx
+    g = [0.0] * (spec.dim - 1) + [-1.0]
+    L = fd.inner(fd.Constant(g), v) * fd.dx
+    # Clamped at x = 0 on boxes (marker 1); on the whole boundary otherwise.
+    clamp = 1 if (spec.dim == 3 or spec.mesh in ("square", "perturbed")) else "on_boundary"
+    bcs = [fd.DirichletBC(V, fd.Constant([0.0] * spec.dim), clamp)]
+    return Problem(spec, V, a, L, bcs, near_nullspace=rigid_body_modes(V))
+
+
+def build_problem(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
+    """The Firedrake problem described by ``spec``."""
+    if spec.family == "poisson":
+        return poisson(spec, comm)
+    if spec.family == "elasticity":
+        return elasticity(spec, comm)
+    raise ValueError(f"unknown problem family '{spec.family}' (poisson, elasticity)")

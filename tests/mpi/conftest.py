@@ -1,0 +1,46 @@
+"""The tests in this directory run under mpiexec (2 and 3 ranks)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from mpi4py import MPI
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+
+def pytest_configure(config) -> None:
+    if MPI.COMM_WORLD.size < 2:
+        raise pytest.UsageError("tests/mpi must run under mpiexec with at least 2 ranks (see scripts/run_tests.sh)")
+
+
+@pytest.fixture(scope="session")
+def comm():
+    return MPI.COMM_WORLD
+
+
+@pytest.fixture(scope="session")
+def tiny_poisson(comm) -> Path:
+    """A small Poisson GCVAE trained on rank 0 in the session, shared by all ranks."""
+    from helpers import shared_tmpdir, train_tiny_model
+
+    out = shared_tmpdir(comm)
+    path = None
+    if comm.rank == 0:
+        path = train_tiny_model("poisson", out)
+    return Path(comm.bcast(str(path) if path else None, root=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_elasticity(comm) -> Path:
+    from helpers import shared_tmpdir, train_tiny_model
+
+    out = shared_tmpdir(comm)
+    path = None
+    if comm.rank == 0:
+        path = train_tiny_model("elasticity", out)
+    return Path(comm.bcast(str(path) if path else None, root=0))

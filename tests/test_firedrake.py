@@ -1,0 +1,55 @@
+"""GCVAEPC and FSAIPC through Firedrake solver_parameters: assembled AIJ,
+matrix-free with AssembledPC, Poisson and elasticity (block size 2 and 3)."""
+
+from __future__ import annotations
+
+from pcgcvae.problems import ProblemSpec, build_problem
+
+CG = {"ksp_type": "cg", "ksp_rtol": 1e-8, "ksp_norm_type": "unpreconditioned"}
+
+
+def iterations(problem, params: dict) -> int:
+    _, ksp = problem.solve({**CG, **params})
+    assert ksp.getConvergedReason() > 0, params
+    return ksp.getIterationNumber()
+
+
+def gcvae(model) -> dict:
+    return {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_model": str(model)}
+
+
+FSAI = {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC"}
+
+
+def test_poisson_aij(tiny_poisson) -> None:
+    p = build_problem(ProblemSpec("poisson", 24, mesh="perturbed", seed=1,
+                                  params={"kappa": "lognormal", "sigma": 1.5, "corr": 0.15}))
+    jac = iterations(p, {"mat_type": "aij", "pc_type": "jacobi"})
+    assert iterations(p, {"mat_type": "aij", **FSAI}) < 0.8 * jac
+    assert iterations(p, {"mat_type": "aij", **gcvae(tiny_poisson)}) < jac
+
+
+def test_poisson_matfree_assembledpc(tiny_poisson) -> None:
+    p = build_problem(ProblemSpec("poisson", 16, degree=2, mesh="lshape", seed=2,
+                                  params={"kappa": "jumps", "contrast": 100.0}))
+    jac = iterations(p, {"mat_type": "aij", "pc_type": "jacobi"})
+    params = {"mat_type": "matfree", "pc_type": "python", "pc_python_type": "firedrake.AssembledPC",
+              "assembled_pc_type": "python", "assembled_pc_python_type": "pcgcvae.GCVAEPC",
+              "assembled_pc_gcvae_model": str(tiny_poisson)}
+    assert iterations(p, params) < jac
+
+
+def test_elasticity_2d_block_size_2(tiny_elasticity) -> None:
+    p = build_problem(ProblemSpec("elasticity", 12, dim=2, seed=3, params={"E_sigma": 1.0, "nu": 0.3}))
+    assert p.block_size == 2
+    jac = iterations(p, {"mat_type": "aij", "pc_type": "jacobi"})
+    assert iterations(p, {"mat_type": "aij", **FSAI}) < jac
+    assert iterations(p, {"mat_type": "aij", **gcvae(tiny_elasticity)}) < jac
+
+
+def test_elasticity_3d_block_size_3(tiny_elasticity) -> None:
+    p = build_problem(ProblemSpec("elasticity", 5, dim=3, seed=4, params={"E_sigma": 0.5, "nu": 0.35}))
+    assert p.block_size == 3
+    jac = iterations(p, {"mat_type": "aij", "pc_type": "jacobi"})
+    assert iterations(p, {"mat_type": "aij", **gcvae(tiny_elasticity)}) < jac
+    assert iterations(p, {"mat_type": "baij", **gcvae(tiny_elasticity)}) < jac
