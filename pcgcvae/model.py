@@ -98,8 +98,9 @@ class GaussianHead(nn.Module):
 class FactorHead(nn.Module):
     """Values of G on S from the endpoint embeddings and the entry features.
 
-    Off-diagonal entries are the raw output, diagonal entries exp(output):
-    G_ii > 0 for any input.  Zero-initialised output layer: G = I at start.
+    Off-diagonal entries are the raw output, diagonal entries exp(output)
+    with the output clamped to [-20, 20]: G_ii > 0 for any input and weights.
+    Zero-initialised output layer: G = I at start.
     """
 
     def __init__(self, hidden: int) -> None:
@@ -116,7 +117,7 @@ class FactorHead(nn.Module):
         i, j = s_index
         t = torch.nn.functional.silu(self.lin_i(h)[i] + self.lin_j(h)[j] + self.lin_s(s_attr))
         out = self.out(t).squeeze(-1)
-        return torch.where(s_diag, torch.exp(out.clamp(max=20.0)), out)
+        return torch.where(s_diag, torch.exp(out.clamp(-20.0, 20.0)), out)
 
 
 class GCVAE(nn.Module):

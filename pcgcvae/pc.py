@@ -330,7 +330,8 @@ class SPAIFactorPC:
             self._destroy_factor()
             self.G = PETSc.Mat().createAIJ(size=P.getSizes(), csr=(ia, ja, va), comm=comm)
             self.G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
-            self.GT = self.G.transpose()
+            self.GT = PETSc.Mat()  # an empty handle: MAT_INITIAL_MATRIX (no argument = in place)
+            self.G.transpose(self.GT)
             self._work = self.G.createVecLeft()
             self._structure = (ia.copy(), ja.copy())
         else:

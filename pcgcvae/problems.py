@@ -144,7 +144,7 @@ def _fourier_field(mesh, rng: np.random.Generator, corr: float):  # noqa: ANN001
     """A zero-mean, unit-variance Gaussian-like field (random Fourier features)."""
     import firedrake as fd
 
-    dim = mesh.geometric_dimension()
+    dim = mesh.geometric_dimension
     x = fd.SpatialCoordinate(mesh)
     w = fd.Constant(rng.normal(0.0, 1.0 / corr, size=(N_MODES, dim)))
     phi = fd.Constant(rng.uniform(0.0, 2 * np.pi, size=N_MODES))
@@ -232,7 +232,7 @@ def rigid_body_modes(V):  # noqa: ANN001, ANN201
 
     mesh = V.mesh()
     x = fd.SpatialCoordinate(mesh)
-    dim = mesh.geometric_dimension()
+    dim = mesh.geometric_dimension
     if dim == 2:
         exprs = [fd.Constant((1, 0)), fd.Constant((0, 1)), fd.as_vector([-x[1], x[0]])]
     else:

@@ -125,10 +125,11 @@ fi
 
 # ------------------------------------------------------- 4. pcgcvae editable
 if [ -f "$REPO/setup.py" ]; then
-  current=$("$VENV/bin/python" -c "import pcgcvae, os; print(os.path.dirname(os.path.dirname(os.path.abspath(pcgcvae.__file__))))" 2>/dev/null || true)
+  current=$(cd "$STACK" && "$VENV/bin/python" -c "import pcgcvae, os; print(os.path.dirname(os.path.dirname(os.path.abspath(pcgcvae.__file__))))" 2>/dev/null || true)
   if [ "$current" != "$REPO" ]; then
     say "installing pcgcvae (editable) from $REPO"
-    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO"
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO" > "$STACK/pip-pcgcvae.log" 2>&1 \
+      || { tail -20 "$STACK/pip-pcgcvae.log"; exit 1; }
   fi
 fi
 

@@ -91,3 +91,12 @@ def shared_tmpdir(comm) -> Path:
     """A temporary directory made on rank 0 and known to every rank."""
     path = tempfile.mkdtemp(prefix="pcgcvae-test-") if comm.rank == 0 else None
     return Path(comm.bcast(path, root=0))
+
+
+def error_text(exc: BaseException) -> str:
+    parts = [str(exc)]
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        parts.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    return " ".join(parts)

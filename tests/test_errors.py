@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import laplacian_2d
+from helpers import error_text, laplacian_2d
 from petsc4py import PETSc
 
 from pcgcvae.checkpoint import save_checkpoint
@@ -27,12 +27,6 @@ def make_ksp(A: PETSc.Mat, pc_class: str = "FSAIPC", **options) -> PETSc.KSP:
     return ksp
 
 
-def setup_error(ksp: PETSc.KSP) -> str:
-    with pytest.raises(PETSc.Error) as info:
-        ksp.setUp()
-    return str(info.value) + " " + "".join(getattr(info.value, "__notes__", []))
-
-
 def assert_usable_after(ksp: PETSc.KSP) -> None:
     """The same KSP solves once it gets a good operator."""
     A = laplacian_2d(8, comm=ksp.getComm())
@@ -44,20 +38,16 @@ def assert_usable_after(ksp: PETSc.KSP) -> None:
     assert ksp.getConvergedReason() > 0
 
 
-def error_text(exc: BaseException) -> str:
-    parts = [str(exc)]
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None:
-        parts.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
-    return " ".join(parts)
-
-
-def expect(ksp: PETSc.KSP, needle: str) -> None:
+def expect(ksp: PETSc.KSP, needle: str, good_model=None) -> None:
+    """setUp fails with ``needle`` in the message; after fixing the input
+    (a good operator, and ``good_model`` for model errors) the same KSP solves."""
     with pytest.raises(PETSc.Error) as info:
         ksp.setUp()
     assert needle in error_text(info.value), error_text(info.value)
     assert ksp.getPC().getPythonContext().G is None  # nothing half-built
+    if good_model is not None:
+        ksp.getPC().getPythonContext().model_name = str(good_model)
+        ksp.getPC().getPythonContext().pattern_level = 1
     assert_usable_after(ksp)
 
 
@@ -107,27 +97,31 @@ def test_indefinite_operator_fsai() -> None:
     expect(make_ksp(A), "not SPD")
 
 
-def test_missing_checkpoint(tmp_path) -> None:
+def test_missing_checkpoint(tmp_path, tiny_poisson) -> None:
     A = laplacian_2d(6, comm=PETSc.COMM_SELF)
-    expect(make_ksp(A, "GCVAEPC", pc_gcvae_model=str(tmp_path / "nope.pt")), "no GCVAE checkpoint")
+    expect(make_ksp(A, "GCVAEPC", pc_gcvae_model=str(tmp_path / "nope.pt")), "no GCVAE checkpoint",
+           good_model=tiny_poisson)
 
 
-def test_corrupt_checkpoint(tmp_path) -> None:
+def test_corrupt_checkpoint(tmp_path, tiny_poisson) -> None:
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"\x00garbage" * 100)
-    expect(make_ksp(laplacian_2d(6, comm=PETSc.COMM_SELF), "GCVAEPC", pc_gcvae_model=str(bad)), "corrupt")
+    expect(make_ksp(laplacian_2d(6, comm=PETSc.COMM_SELF), "GCVAEPC", pc_gcvae_model=str(bad)), "corrupt",
+           good_model=tiny_poisson)
 
 
 def test_truncated_checkpoint(tmp_path, tiny_poisson) -> None:
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(tiny_poisson.read_bytes()[:2000])
-    expect(make_ksp(laplacian_2d(6, comm=PETSc.COMM_SELF), "GCVAEPC", pc_gcvae_model=str(bad)), "corrupt")
+    expect(make_ksp(laplacian_2d(6, comm=PETSc.COMM_SELF), "GCVAEPC", pc_gcvae_model=str(bad)), "corrupt",
+           good_model=tiny_poisson)
 
 
-def test_foreign_checkpoint(tmp_path) -> None:
+def test_foreign_checkpoint(tmp_path, tiny_poisson) -> None:
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    expect(make_ksp(laplacian_2d(6, comm=PETSc.COMM_SELF), "GCVAEPC", pc_gcvae_model=str(foreign)), "foreign")
+    expect(make_ksp(laplacian_2d(6, comm=PETSc.COMM_SELF), "GCVAEPC", pc_gcvae_model=str(foreign)), "foreign",
+           good_model=tiny_poisson)
 
 
 def test_wrong_block_size(tmp_path, tiny_poisson) -> None:
@@ -141,12 +135,13 @@ def test_wrong_block_size(tmp_path, tiny_poisson) -> None:
     expect(make_ksp(B, "GCVAEPC", pc_gcvae_model=str(tiny_poisson)), "block size")
 
 
-def test_model_without_requested_level(tmp_path) -> None:
+def test_model_without_requested_level(tmp_path, tiny_poisson) -> None:
     path = tmp_path / "level1.pt"
     meta = {"family": "poisson", "block_sizes": [1], "pattern_levels": [1]}
     save_checkpoint(path, GCVAE(GCVAEConfig(hidden=8)), meta)
     A = laplacian_2d(6, comm=PETSc.COMM_SELF)
-    expect(make_ksp(A, "GCVAEPC", pc_gcvae_model=str(path), pc_gcvae_pattern_level=2), "pattern levels")
+    expect(make_ksp(A, "GCVAEPC", pc_gcvae_model=str(path), pc_gcvae_pattern_level=2), "pattern levels",
+           good_model=tiny_poisson)
 
 
 def test_complex_scalar_build_is_refused(monkeypatch) -> None:

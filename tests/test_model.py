@@ -86,13 +86,15 @@ def test_frobenius_objective_trains(dataset) -> None:
 def test_checkpoint_round_trip_bit_identical(tmp_path) -> None:
     torch.manual_seed(1)
     model = GCVAE(GCVAEConfig(hidden=8, decoder_layers=2))
-    save_checkpoint(tmp_path / "a.pt", model, META)
-    loaded, info = load_checkpoint(tmp_path / "a.pt")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    save_checkpoint(tmp_path / "a" / "m.pt", model, META)
+    loaded, info = load_checkpoint(tmp_path / "a" / "m.pt")
     for (ka, va), (kb, vb) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert info["architecture"]["hidden"] == 8 and info["meta"]["family"] == "poisson"
-    save_checkpoint(tmp_path / "b.pt", loaded, META)
-    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    save_checkpoint(tmp_path / "b" / "m.pt", loaded, META)
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
 
 
 def test_incompatible_format_version_refused(tmp_path) -> None:

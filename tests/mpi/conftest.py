@@ -6,10 +6,12 @@ import os
 import sys
 from pathlib import Path
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
+import firedrake  # noqa: F401  (first, so that it initialises PETSc)
 import pytest
 from mpi4py import MPI
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 
