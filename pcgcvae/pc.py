@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+from mpi4py import MPI
 from petsc4py import PETSc
 
 from .csr import CSR, check_operator, scale_symmetric
@@ -213,7 +214,7 @@ class SPAIFactorPC:
         cache = self._overlap_cache
         if cache.get("key") != key:
             iset = PETSc.IS().createStride(rend - rstart, first=rstart, step=1, comm=PETSc.COMM_SELF)
-            (iset,) = P.increaseOverlap([iset], self.overlap) or (iset,)
+            P.increaseOverlap(iset, self.overlap)  # collective; grows iset in place
             iset.sort()
             cache.clear()
             cache.update(key=key, iset=iset, submats=None)
@@ -301,12 +302,14 @@ class SPAIFactorPC:
             raise exc_type(f"{self.name} setup failed: {where}")
         with self._timed("assembly", self.name + "Assembly"):
             self._assemble(P, factor)
-        totals = mpicomm.allreduce(
-            np.array([stats["n"], stats["nnz_G"], stats["nnz_trilA"], stats["sum_log_diag"]], dtype=np.float64)
-        )
+        local = np.array([stats["n"], stats["nnz_G"], stats["nnz_trilA"], stats["sum_log_diag"]], dtype=np.float64)
+        totals = np.empty_like(local)
+        mpicomm.Allreduce(local, totals, op=MPI.SUM)
         self.times["total"] = time.perf_counter() - t0
         names = list(self.times)
-        tmax = mpicomm.allreduce(np.array([self.times[k] for k in names]), op=_max_op())
+        local_t = np.array([self.times[k] for k in names])
+        tmax = np.empty_like(local_t)
+        mpicomm.Allreduce(local_t, tmax, op=MPI.MAX)
         self.stats.update(
             n=int(totals[0]),
             nnz_G=int(totals[1]),
@@ -326,7 +329,7 @@ class SPAIFactorPC:
             or not np.array_equal(self._structure[0], ia)
             or not np.array_equal(self._structure[1], ja)
         )
-        if comm.tompi4py().allreduce(structure_changed, op=_lor_op()):
+        if comm.tompi4py().allreduce(structure_changed, op=MPI.LOR):
             self._destroy_factor()
             self.G = PETSc.Mat().createAIJ(size=P.getSizes(), csr=(ia, ja, va), comm=comm)
             self.G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
@@ -341,18 +344,6 @@ class SPAIFactorPC:
                 self.G.setValues(rstart + i, ja[ia[i]:ia[i + 1]], va[ia[i]:ia[i + 1]])
             self.G.assemble()
             self.G.transpose(self.GT)
-
-
-def _max_op():  # noqa: ANN202
-    from mpi4py import MPI
-
-    return MPI.MAX
-
-
-def _lor_op():  # noqa: ANN202
-    from mpi4py import MPI
-
-    return MPI.LOR
 
 
 class FSAIPC(SPAIFactorPC):

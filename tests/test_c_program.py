@@ -26,7 +26,7 @@ def ex2(tmp_path_factory) -> Path:
 
 def run_ex2(ex2: Path, *opts: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
-    cmd = [str(ex2), "-m", "20", "-n", "20", "-ksp_type", "cg", "-ksp_converged_reason",
+    cmd = [str(ex2), "-m", "20", "-n", "20", "-ksp_type", "cg", "-ksp_rtol", "1e-10", "-ksp_converged_reason",
            "-python", sys.executable, *opts]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
