@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc as options: keep ours out of its database
     index = generate(args.family, args.count, args.size_min, args.size_max, args.seed, args.out,
                      progress=not args.quiet, dim=args.dim)
     sizes = [s["n"] for s in index]

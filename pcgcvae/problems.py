@@ -67,6 +67,8 @@ def random_spec(family: str, size: int, seed: int, dim: int | None = None,
             "nu": float(rng.uniform(0.2, 0.45)),
         }
         d = dim or int(rng.choice([2, 2, 3]))
+        if d == 3:  # keep 3D problems comparable in dofs to 2D ones of the same size: P1, half the cells per side
+            size, degree = max(2, (size + 1) // 2), degree or 1
         return ProblemSpec(
             family, size,
             degree=degree or int(rng.choice([1, 1, 2])),

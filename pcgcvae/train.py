@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -154,8 +155,8 @@ def train(args: argparse.Namespace) -> Path:
         rec = {"epoch": epoch + 1, **{k: v / len(loader) for k, v in sums.items()},
                "val_gap": validation_gap(model, val), "seconds": time.perf_counter() - t_start}
         history.append(rec)
-        if not args.quiet:
-            print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
+        # one line per epoch, also with --quiet (which only hides the progress bar)
+        print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
                     "epoch": epoch + 1, "elapsed": time.perf_counter() - t_start,
                     "torch_rng": torch.get_rng_state()}, state_path)
@@ -220,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    sys.argv[1:] = []  # Firedrake (held-out evaluation) hands sys.argv to PETSc: keep ours out
+    train(args)
 
 
 if __name__ == "__main__":

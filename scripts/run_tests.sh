@@ -9,6 +9,10 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 PYTEST=(python -m pytest -p no:cacheprovider)
 status=0
 t0=$(date +%s)
+# Tiny models trained in-test by the serial run are reused by the MPI runs.
+PCGCVAE_TEST_MODELS=$(mktemp -d -t pcgcvae-test-models-XXXXXX)
+export PCGCVAE_TEST_MODELS
+trap 'rm -rf "$PCGCVAE_TEST_MODELS"' EXIT
 echo "== ruff"
 ruff check pcgcvae tests firedrake_demos setup.py || status=1
 echo "== serial tests"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -68,10 +69,20 @@ def cg_iterations(A: PETSc.Mat, options: dict, rtol: float = 1e-8) -> int:
 
 
 def train_tiny_model(family: str, out_dir: Path, epochs: int = 25, levels: tuple[int, ...] = (1, 2)) -> Path:
-    """Generate a tiny Firedrake dataset and train a small GCVAE on it (about 20 s)."""
+    """Generate a tiny Firedrake dataset and train a small GCVAE on it (about 20 s).
+
+    With ``PCGCVAE_TEST_MODELS`` set (scripts/run_tests.sh sets it), a model
+    trained there by an earlier run of the same test command is reused.
+    """
     from pcgcvae.dataset import generate
     from pcgcvae.train import build_parser, train
 
+    shared = os.environ.get("PCGCVAE_TEST_MODELS")
+    if shared:
+        out_dir = Path(shared)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if (out_dir / f"tiny_{family}.pt").is_file():
+            return out_dir / f"tiny_{family}.pt"
     data = out_dir / f"{family}_data"
     if family == "poisson":
         generate("poisson", 8, 6, 10, seed=3, out=data, progress=False)
