@@ -93,12 +93,12 @@ class CSR:
 def check_operator(a: CSR, global_index: np.ndarray | None = None) -> None:
     """Raise :class:`OperatorError` naming the first problem of ``a``.
 
-    Checks: at least one row, finite entries, a strictly positive diagonal.
-    ``global_index`` maps local row/column numbers to global ones in messages.
+    Checks: finite entries, a strictly positive diagonal (so a row with no
+    stored entries is refused).  An empty block (a rank that owns no rows, as
+    on GAMG's coarse levels) passes.  ``global_index`` maps local row/column
+    numbers to global ones in messages.
     """
     gi = np.arange(a.n) if global_index is None else np.asarray(global_index)
-    if a.n == 0:
-        raise OperatorError("the local block is empty (this rank owns no rows of the operator)")
     bad = np.flatnonzero(~np.isfinite(a.data))
     if len(bad):
         r = int(a.rows()[bad[0]])
@@ -110,8 +110,9 @@ def check_operator(a: CSR, global_index: np.ndarray | None = None) -> None:
     bad = np.flatnonzero(~(d > 0))
     if len(bad):
         r = int(bad[0])
+        empty = " (the row has no stored entries)" if a.indptr[r] == a.indptr[r + 1] else ""
         raise OperatorError(
-            f"operator has a non-positive diagonal entry A[{gi[r]},{gi[r]}] = {d[r]} "
+            f"operator has a non-positive diagonal entry A[{gi[r]},{gi[r]}] = {d[r]}{empty} "
             f"({len(bad)} such rows); an SPD operator is required"
         )
 

@@ -32,6 +32,8 @@ from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
+_STAGES = ("local block", "model load", "scale", "pattern", "graph", "inference", "selection", "fsai", "assembly",
+           "total")
 
 
 def _event(name: str) -> PETSc.Log.Event:
@@ -193,6 +195,8 @@ class SPAIFactorPC:
         m, n = P.getSize()
         if m != n:
             raise OperatorError(f"{self.name} needs a square operator, got {m} x {n}")
+        if m == 0:
+            raise OperatorError(f"{self.name}: the operator is empty (0 x 0)")
         mtype = P.getType()
         if "aij" not in mtype:
             raise OperatorError(
@@ -306,8 +310,10 @@ class SPAIFactorPC:
         totals = np.empty_like(local)
         mpicomm.Allreduce(local, totals, op=MPI.SUM)
         self.times["total"] = time.perf_counter() - t0
-        names = list(self.times)
-        local_t = np.array([self.times[k] for k in names])
+        # Ranks may have run different stages (a rank without rows skips inference).
+        seen = set().union(*mpicomm.allgather(list(self.times)))
+        names = [k for k in _STAGES if k in seen] + sorted(seen - set(_STAGES))
+        local_t = np.array([self.times.get(k, 0.0) for k in names])
         tmax = np.empty_like(local_t)
         mpicomm.Allreduce(local_t, tmax, op=MPI.MAX)
         self.stats.update(
@@ -426,12 +432,15 @@ class GCVAEPC(SPAIFactorPC):
                        block: _LocalBlock, block_size: int) -> np.ndarray:
         import torch
 
+        if ahat.n == 0:  # a rank without rows (e.g. a coarse GAMG level)
+            self.stats["sample_scores"] = []
+            return np.zeros(0)
+
         from .graph import build_graph
 
         with self._timed("graph", "GCVAEGraph"):
             data = build_graph(ahat, s, a2_on_s=a2, block_size=block_size)
-        gen = torch.Generator().manual_seed(self.seed + 7919 * block.global_index[0].item()
-                                            if block.csr.n else self.seed)
+        gen = torch.Generator().manual_seed(self.seed + 7919 * int(block.global_index[0]))
         with self._timed("inference", "GCVAEInference"):
             raws = []
             if self.latent == "mean":

@@ -82,6 +82,20 @@ def test_bad_diagonal(cls: str, value: float, needle: str, tiny_poisson) -> None
     expect(make_ksp(A, cls, pc_gcvae_model=str(tiny_poisson)), needle)
 
 
+def test_row_without_entries() -> None:
+    A = PETSc.Mat().createAIJ(size=(5, 5), nnz=1, comm=PETSc.COMM_SELF)
+    for i in (0, 1, 3, 4):
+        A.setValue(i, i, 2.0)
+    A.assemble()
+    expect(make_ksp(A), "A[2,2] = 0.0 (the row has no stored entries)")
+
+
+def test_empty_operator() -> None:
+    A = PETSc.Mat().createAIJ(size=(0, 0), nnz=1, comm=PETSc.COMM_SELF)
+    A.assemble()
+    expect(make_ksp(A), "empty")
+
+
 def test_nan_off_diagonal_entry() -> None:
     A = laplacian_2d(6, comm=PETSc.COMM_SELF)
     A.setValue(7, 8, np.nan)

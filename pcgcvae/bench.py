@@ -1,0 +1,254 @@
+"""Benchmark: pcgcvae against PETSc's own preconditioners, same problems, same run.
+
+    python -m pcgcvae.bench --quick                 # minutes: small sizes, 1 and 2 ranks
+    python -m pcgcvae.bench                         # 10^3..10^5 dofs
+    python -m pcgcvae.bench --large                 # adds ~10^6 dofs
+
+For every problem family, size, rank count and preconditioner it records CG
+iterations (rtol 1e-8), setup and solve seconds (medians over ``--repeats``
+solves, each with a fresh KSP), their sum, the preconditioner's nonzeros and
+the memory its setup took, and writes ``bench.csv``, ``bench.md`` and PNG
+plots (iterations and total time against dofs) into ``--out``.  Runs on more
+than one rank re-launch this module under ``mpiexec``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = {
+    # name: (family, dim, degree, sizes quick, sizes default, sizes large)
+    "poisson-p1": ("poisson", 2, 1, [16, 32], [31, 100, 316], [1000]),
+    "poisson-p2": ("poisson", 2, 2, [8, 16], [16, 50, 158], [500]),
+    "elasticity-2d": ("elasticity", 2, 1, [12, 24], [22, 70, 223], [707]),
+    "elasticity-3d": ("elasticity", 3, 1, [4, 6], [6, 14, 31], [68]),
+}
+PCS = ["none", "jacobi", "sor", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-k4", "gamg", "gamg-fsai-smoother",
+       "gamg-gcvae-smoother"]
+FIELDS = ["family", "dofs", "ranks", "pc", "iterations", "converged", "setup_s", "solve_s", "total_s", "nnz",
+          "setup_mem_mb", "peak_rss_mb"]
+
+
+def _rss_mb() -> float:
+    """Current resident set size of this process (MB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pc_options(name: str, size: int) -> dict[str, object]:
+    """PETSc options of a benchmark row."""
+    from .evaluate import parallel_options
+
+    if name == "gcvae-k4":
+        return {**parallel_options("gcvae", size), "pc_gcvae_samples": 4, "pc_gcvae_latent": "mean"}
+    if name.startswith("gamg-") and name.endswith("-smoother"):
+        cls = "GCVAEPC" if "gcvae" in name else "FSAIPC"
+        return {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
+                "mg_levels_pc_python_type": f"pcgcvae.{cls}"}
+    return parallel_options(name, size)
+
+
+def _nnz(ksp) -> int | None:  # noqa: ANN001
+    pc = ksp.getPC()
+    comm = ksp.getComm().tompi4py()
+    if pc.getType() == "python":
+        return pc.getPythonContext().stats.get("nnz_G")
+    if pc.getType() == "jacobi":
+        return ksp.getOperators()[1].getSize()[0]
+    target = pc
+    if pc.getType() == "bjacobi":
+        target = pc.getBJacobiSubKSP()[0].getPC()
+    if target.getType() in ("icc", "ilu"):
+        return int(comm.allreduce(target.getFactorMatrix().getInfo()["nz_used"]))
+    return None
+
+
+def run_case(problem, pc: str, repeats: int) -> dict:  # noqa: ANN001
+    """Median setup/solve time over ``repeats`` fresh KSPs on the assembled operator."""
+    from mpi4py import MPI
+    from petsc4py import PETSc
+
+    P = problem.assemble_matrix()
+    comm = P.getComm()
+    b = P.createVecLeft()
+    rng = np.random.default_rng(0)
+    lo, hi = b.getOwnershipRange()
+    b.array[:] = rng.standard_normal(b.getSize())[lo:hi]
+    if problem.near_nullspace is not None:
+        P.setNearNullSpace(problem.near_nullspace.nullspace(comm=comm))
+    opts = PETSc.Options()
+    prefix = f"bench_{pc.replace('-', '_')}_"
+    full = {"ksp_type": "cg", "ksp_rtol": 1e-8, "ksp_atol": 0.0, "ksp_max_it": 20000,
+            "ksp_norm_type": "unpreconditioned", **pc_options(pc, comm.getSize())}
+    for k, v in full.items():
+        opts[prefix + k] = v
+    setups, solves, mems, peaks = [], [], [], []
+    its, converged, nnz = 0, False, None
+    try:
+        for _ in range(repeats):
+            ksp = PETSc.KSP().create(comm=comm)
+            ksp.setOptionsPrefix(prefix)
+            ksp.setOperators(P)
+            ksp.setFromOptions()
+            x = P.createVecRight()
+            comm.barrier()
+            m0 = _rss_mb()
+            t0 = time.perf_counter()
+            ksp.setUp()
+            t1 = time.perf_counter()
+            m1, peak = _rss_mb(), _peak_rss_mb()
+            ksp.solve(b, x)
+            t2 = time.perf_counter()
+            setups.append(comm.tompi4py().allreduce(t1 - t0, op=MPI.MAX))
+            solves.append(comm.tompi4py().allreduce(t2 - t1, op=MPI.MAX))
+            mems.append(comm.tompi4py().allreduce(max(m1 - m0, 0.0), op=MPI.SUM))
+            peaks.append(comm.tompi4py().allreduce(peak, op=MPI.MAX))
+            its, converged, nnz = ksp.getIterationNumber(), ksp.getConvergedReason() > 0, _nnz(ksp)
+            ksp.destroy()
+    finally:
+        for k in full:
+            opts.delValue(prefix + k)
+    setup, solve = float(np.median(setups)), float(np.median(solves))
+    return {"iterations": its, "converged": converged, "setup_s": round(setup, 5), "solve_s": round(solve, 5),
+            "total_s": round(setup + solve, 5), "nnz": nnz, "setup_mem_mb": round(float(np.median(mems)), 2),
+            "peak_rss_mb": round(max(peaks), 1)}
+
+
+def worker(args: argparse.Namespace) -> list[dict]:
+    """Run every case on this communicator (all ranks), return the rows."""
+    import firedrake as fd
+    from tqdm import tqdm
+
+    from .problems import ProblemSpec, build_problem
+
+    comm = fd.COMM_WORLD
+    rows = []
+    cases = []
+    for fam in args.families:
+        family, dim, degree, quick, default, large = FAMILIES[fam]
+        sizes = quick if args.quick else default + (large if args.large else [])
+        cases += [(fam, family, dim, degree, s) for s in sizes]
+    bar = tqdm(total=len(cases) * len(args.pcs), desc=f"bench ({comm.size} rank(s))", disable=comm.rank != 0)
+    for fam, family, dim, degree, size in cases:
+        params = ({"kappa": "lognormal", "sigma": 1.5, "corr": 0.1} if family == "poisson"
+                  else {"E_sigma": 1.0, "corr": 0.3, "nu": 0.35})
+        spec = ProblemSpec(family, size, degree=degree, dim=dim, mesh="square", seed=5, params=params)
+        problem = build_problem(spec)
+        for pc in args.pcs:
+            if pc == "gamg-gcvae-smoother" and family == "elasticity" and dim == 3:
+                bar.update()
+                continue  # coarse GAMG levels of 3D elasticity have block size 6: no model for it
+            bar.set_postfix_str(f"{fam} n={problem.V.dim()} {pc}")
+            res = run_case(problem, pc, args.repeats)
+            rows.append({"family": fam, "dofs": problem.V.dim(), "ranks": comm.size, "pc": pc, **res})
+            bar.update()
+    bar.close()
+    return rows
+
+
+def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
+    """CSV, markdown table and PNG plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"Benchmark: {meta['when']} on {meta['machine']}; CG rtol 1e-8; times are medians of "
+             f"{meta['repeats']} solves (max over ranks).", ""]
+    lines += ["| family | dofs | ranks | preconditioner | iterations | setup (s) | solve (s) | total (s) | nnz | "
+              "setup mem (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        its = str(r["iterations"]) if r["converged"] else f"{r['iterations']} (not conv.)"
+        lines.append(f"| {r['family']} | {r['dofs']} | {r['ranks']} | {r['pc']} | {its} | {r['setup_s']:.4f} | "
+                     f"{r['solve_s']:.4f} | {r['total_s']:.4f} | {r['nnz'] if r['nnz'] is not None else '-'} | "
+                     f"{r['setup_mem_mb']} | {r['peak_rss_mb']} |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    for key, fname, label in (("iterations", "iterations.png", "CG iterations"),
+                              ("total_s", "time.png", "setup + solve (s)")):
+        fams = sorted({r["family"] for r in rows})
+        fig, axes = plt.subplots(1, len(fams), figsize=(5 * len(fams), 4), squeeze=False)
+        for ax, fam in zip(axes[0], fams):
+            for pc in dict.fromkeys(r["pc"] for r in rows):
+                for ranks in sorted({r["ranks"] for r in rows}):
+                    pts = [(r["dofs"], r[key]) for r in rows
+                           if r["family"] == fam and r["pc"] == pc and r["ranks"] == ranks and r["converged"]]
+                    if pts:
+                        xs, ys = zip(*sorted(pts))
+                        ax.loglog(xs, ys, marker="o", ls="-" if ranks == 1 else "--",
+                                  label=f"{pc} ({ranks}r)")
+            ax.set_title(fam)
+            ax.set_xlabel("dofs")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][-1].legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=100)
+        plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pcgcvae.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes only (minutes)")
+    ap.add_argument("--large", action="store_true", help="add the ~10^6-dof sizes")
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--pcs", nargs="+", default=PCS, choices=PCS)
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc as options
+    if args.worker_out is not None:
+        rows = worker(args)
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.rank == 0:
+            args.worker_out.write_text(json.dumps(rows))
+        return
+    rows: list[dict] = []
+    base = [a for a in (argv if argv is not None else []) if a]
+    for ranks in args.ranks:
+        part = args.out / f".rows-{ranks}.json"
+        args.out.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pcgcvae.bench", *base, "--worker-out", str(part)]
+        if ranks > 1:
+            cmd = ["mpiexec", "--oversubscribe", "-n", str(ranks), *cmd]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        subprocess.run(cmd, check=True, env=env)
+        rows += json.loads(part.read_text())
+        part.unlink()
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{os.cpu_count()}-core {os.uname().machine} ({os.uname().nodename})",
+            "repeats": args.repeats, "argv": base}
+    write_outputs(rows, args.out, meta)
+    print(f"wrote {args.out}/bench.csv, bench.md, iterations.png, time.png ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
