@@ -7,6 +7,7 @@ MPIEXEC := mpiexec --allow-run-as-root --oversubscribe
 export OMP_NUM_THREADS := 1
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export OMPI_MCA_rmaps_base_oversubscribe := 1
 
 .PHONY: install demo test test-serial test-mpi lint firedrake-check
 

@@ -1,0 +1,57 @@
+"""The Firedrake demos run to convergence in quick mode (serial and 2 ranks)
+with the shipped models, and the benchmark's quick mode writes well-formed files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+DEMOS = ROOT / "firedrake_demos"
+MPIEXEC = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-n", "2"]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("demo", [["poisson.py"], ["elasticity.py", "--dim", "2"], ["elasticity.py", "--dim", "3"]])
+def test_demo_quick(demo: list[str], ranks: int, tmp_path) -> None:
+    png = tmp_path / "history.png"
+    cmd = [sys.executable, str(DEMOS / demo[0]), *demo[1:], "--quick", "--plot", str(png)]
+    out = run(MPIEXEC + cmd if ranks > 1 else cmd, cwd=tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "preconditioner" not in line]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names[:3] == ["GCVAE", "FSAI", "Jacobi"] and len(names) == 5, out
+    assert "not converged" not in out, out
+    its = {r.split("|")[1].strip(): int(r.split("|")[2]) for r in rows}
+    assert its["GCVAE"] < its["Jacobi"], out
+    assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_bench_quick_writes_files(tmp_path) -> None:
+    out = tmp_path / "results"
+    run([sys.executable, "-m", "pcgcvae.bench", "--quick", "--families", "poisson-p1", "--pcs", "jacobi", "fsai",
+         "gcvae", "gamg-gcvae-smoother", "--ranks", "1", "2", "--repeats", "1", "--out", str(out)], cwd=tmp_path)
+    with open(out / "bench.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 4 * 2  # sizes x preconditioners x rank counts
+    from pcgcvae.bench import FIELDS
+
+    assert list(rows[0]) == FIELDS
+    assert {r["ranks"] for r in rows} == {"1", "2"}
+    assert all(r["converged"] == "True" for r in rows)
+    assert all(float(r["setup_s"]) >= 0 and float(r["solve_s"]) > 0 for r in rows)
+    md = (out / "bench.md").read_text()
+    assert md.count("\n| poisson-p1 |") == len(rows)
+    for png in ("iterations.png", "time.png"):
+        assert (out / png).stat().st_size > 1000
