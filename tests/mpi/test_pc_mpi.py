@@ -145,3 +145,32 @@ def test_apply_matches_serial_factor_with_overlap(comm) -> None:
     ys = xs.duplicate()
     pcs[1].apply(xs, ys)
     assert np.allclose(y.array, ys.array[lo:hi], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_resetup_after_value_change_parallel(comm, overlap: int) -> None:
+    """New values, same pattern: G is refilled in place and equals a fresh factor."""
+    A = laplacian_2d(12, kappa_seed=4)
+    pcs = []
+    for k in range(2):
+        pc = PETSc.PC().create(comm=A.getComm())
+        PETSc.Options()[f"rs{k}{overlap}_pc_fsai_overlap"] = overlap
+        pc.setOptionsPrefix(f"rs{k}{overlap}_")
+        pc.setType("python")
+        pc.setPythonType("pcgcvae.FSAIPC")
+        pc.setFromOptions()
+        pcs.append(pc)
+    pcs[0].setOperators(A)
+    pcs[0].setUp()
+    G_first = pcs[0].getPythonContext().G
+    A.scale(2.0)
+    A.shift(0.25)
+    pcs[0].setOperators(A)
+    pcs[0].setUp()
+    pcs[1].setOperators(A)
+    pcs[1].setUp()
+    G0, G1 = pcs[0].getPythonContext().G, pcs[1].getPythonContext().G
+    assert G0 is G_first
+    diff = G0.copy()
+    diff.axpy(-1.0, G1)
+    assert diff.norm() < 1e-12 * G1.norm()
