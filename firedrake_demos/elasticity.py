@@ -1,9 +1,12 @@
 """Linear elasticity (2D or 3D) with a heterogeneous Young's modulus, solved
 with CG and the learned GCVAE preconditioner.
 
-    python firedrake_demos/elasticity.py --dim 2
-    mpiexec -n 2 python firedrake_demos/elasticity.py --dim 3
-    python firedrake_demos/elasticity.py --dim 3 --quick     # small, for tests
+    python firedrake_demos/elasticity.py -dim 2
+    mpiexec -n 2 python firedrake_demos/elasticity.py -dim 3
+    python firedrake_demos/elasticity.py -dim 3 -quick      # small, for tests
+    python firedrake_demos/elasticity.py -dim 2 -size 200 -plot history.png
+
+Options are PETSc options, read from PETSc's database.
 
 As in your own solve, only the two ``solver_parameters`` keys of ``GCVAE``
 change.  GAMG gets the rigid-body near-nullspace, so the comparison is fair.
@@ -11,10 +14,8 @@ change.  GAMG gets the rigid-body near-nullspace, so the comparison is fair.
 
 from __future__ import annotations
 
-import argparse
-
 import firedrake as fd
-from common import compare, print_table, save_history_plot
+from common import compare, load_model_once, print_table, reference_preconditioners, save_history_plot
 
 # --- what a user adds to their solver_parameters --------------------------------
 GCVAE = {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC"}
@@ -33,28 +34,21 @@ def build(dim: int, n: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dim", type=int, choices=[2, 3], default=2)
-    ap.add_argument("--size", type=int, default=None, help="cells per side (default 96 in 2D, 16 in 3D)")
-    ap.add_argument("--quick", action="store_true", help="a small problem")
-    ap.add_argument("--plot", default=None)
-    args = ap.parse_args()
-    n = args.size or ((24 if args.dim == 2 else 6) if args.quick else (96 if args.dim == 2 else 16))
-    problem = build(args.dim, n)
+    opts = fd.PETSc.Options()
+    dim = opts.getInt("dim", 2)
+    if dim not in (2, 3):
+        raise ValueError(f"-dim must be 2 or 3, got {dim}")
+    quick = opts.getBool("quick", False)
+    n = opts.getInt("size", (24 if dim == 2 else 6) if quick else (96 if dim == 2 else 16))  # cells per side
+    plot = opts.getString("plot", f"elasticity{dim}d_convergence.png")
+    problem = build(dim, n)
     parallel = problem.V.mesh().comm.size > 1
-    candidates = {
-        "GCVAE": GCVAE,
-        "FSAI": {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC"},
-        "Jacobi": {"pc_type": "jacobi"},
-        "ICC(0)" if not parallel else "bjacobi+ICC(0)":
-            {"pc_type": "icc"} if not parallel else {"pc_type": "bjacobi", "sub_pc_type": "icc"},
-        "GAMG (rigid-body modes)": {"pc_type": "gamg"},
-    }
+    candidates = {"GCVAE": GCVAE, **reference_preconditioners(parallel, gamg_label="GAMG (rigid-body modes)")}
+    load_model_once("elasticity")
     rows = compare(problem, BASE, candidates)
-    print_table(f"Linear elasticity {args.dim}D, P1, n = {problem.V.dim()} dofs, "
+    print_table(f"Linear elasticity {dim}D, P1, n = {problem.V.dim()} dofs, "
                 f"{problem.V.mesh().comm.size} rank(s)", rows)
-    plot = args.plot or f"elasticity{args.dim}d_convergence.png"
-    save_history_plot(rows, plot, f"Linear elasticity {args.dim}D")
+    save_history_plot(rows, plot, f"Linear elasticity {dim}D")
     fd.PETSc.Sys.Print(f"convergence history: {plot}")
 
 

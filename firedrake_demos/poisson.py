@@ -3,7 +3,11 @@ with CG and the learned GCVAE preconditioner.
 
     python firedrake_demos/poisson.py            # serial
     mpiexec -n 2 python firedrake_demos/poisson.py
-    python firedrake_demos/poisson.py --quick    # small, for tests
+    python firedrake_demos/poisson.py -quick     # small, for tests
+    python firedrake_demos/poisson.py -size 400 -plot history.png
+
+Options are PETSc options (the script reads them from PETSc's database, so
+they sit beside -log_view and friends).
 
 The only difference from a Firedrake solve you already have is the two
 ``solver_parameters`` keys of ``GCVAE`` below.  The script also runs the
@@ -12,10 +16,8 @@ usual preconditioners on the same problem and prints a table.
 
 from __future__ import annotations
 
-import argparse
-
 import firedrake as fd
-from common import compare, print_table, save_history_plot
+from common import compare, load_model_once, print_table, reference_preconditioners, save_history_plot
 
 # --- what a user adds to their solver_parameters --------------------------------
 GCVAE = {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC"}
@@ -34,26 +36,19 @@ def build(n: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=int, default=200, help="cells per side")
-    ap.add_argument("--quick", action="store_true", help="a small problem (32 cells per side)")
-    ap.add_argument("--plot", default="poisson_convergence.png")
-    args = ap.parse_args()
-    problem = build(32 if args.quick else args.size)
+    opts = fd.PETSc.Options()
+    quick = opts.getBool("quick", False)
+    size = opts.getInt("size", 32 if quick else 200)  # cells per side
+    plot = opts.getString("plot", "poisson_convergence.png")
+    problem = build(size)
     parallel = problem.V.mesh().comm.size > 1
-    candidates = {
-        "GCVAE": GCVAE,
-        "FSAI": {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC"},
-        "Jacobi": {"pc_type": "jacobi"},
-        "ICC(0)" if not parallel else "bjacobi+ICC(0)":
-            {"pc_type": "icc"} if not parallel else {"pc_type": "bjacobi", "sub_pc_type": "icc"},
-        "GAMG": {"pc_type": "gamg"},
-    }
+    candidates = {"GCVAE": GCVAE, **reference_preconditioners(parallel, gamg_label="GAMG")}
+    load_model_once("poisson")
     rows = compare(problem, BASE, candidates)
     print_table(f"Poisson, P1, log-normal kappa, n = {problem.V.dim()} dofs, {problem.V.mesh().comm.size} rank(s)",
                 rows)
-    save_history_plot(rows, args.plot, "Poisson (log-normal kappa)")
-    fd.PETSc.Sys.Print(f"convergence history: {args.plot}")
+    save_history_plot(rows, plot, "Poisson (log-normal kappa)")
+    fd.PETSc.Sys.Print(f"convergence history: {plot}")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
-@pytest.mark.parametrize("demo", [["poisson.py"], ["elasticity.py", "--dim", "2"], ["elasticity.py", "--dim", "3"]])
+@pytest.mark.parametrize("demo", [["poisson.py"], ["elasticity.py", "-dim", "2"], ["elasticity.py", "-dim", "3"]])
 def test_demo_quick(demo: list[str], ranks: int, tmp_path) -> None:
     png = tmp_path / "history.png"
-    cmd = [sys.executable, str(DEMOS / demo[0]), *demo[1:], "--quick", "--plot", str(png)]
+    cmd = [sys.executable, str(DEMOS / demo[0]), *demo[1:], "-quick", "-plot", str(png)]
     out = run(MPIEXEC + cmd if ranks > 1 else cmd, cwd=tmp_path)
     rows = [line for line in out.splitlines() if line.startswith("| ") and "preconditioner" not in line]
     names = [r.split("|")[1].strip() for r in rows]

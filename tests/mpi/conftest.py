@@ -25,24 +25,20 @@ def comm():
     return MPI.COMM_WORLD
 
 
-@pytest.fixture(scope="session")
-def tiny_poisson(comm) -> Path:
-    """A small Poisson GCVAE trained on rank 0 in the session, shared by all ranks."""
+def _tiny_model(comm, family: str) -> Path:
+    """Train a tiny model on rank 0 (or reuse the serial run's), share its path with every rank."""
     from helpers import shared_tmpdir, train_tiny_model
 
     out = shared_tmpdir(comm)
-    path = None
-    if comm.rank == 0:
-        path = train_tiny_model("poisson", out)
-    return Path(comm.bcast(str(path) if path else None, root=0))
+    path = str(train_tiny_model(family, out)) if comm.rank == 0 else None
+    return Path(comm.bcast(path, root=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_poisson(comm) -> Path:
+    return _tiny_model(comm, "poisson")
 
 
 @pytest.fixture(scope="session")
 def tiny_elasticity(comm) -> Path:
-    from helpers import shared_tmpdir, train_tiny_model
-
-    out = shared_tmpdir(comm)
-    path = None
-    if comm.rank == 0:
-        path = train_tiny_model("elasticity", out)
-    return Path(comm.bcast(str(path) if path else None, root=0))
+    return _tiny_model(comm, "elasticity")
