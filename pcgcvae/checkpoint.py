@@ -56,6 +56,7 @@ def save_checkpoint(path: str | os.PathLike, model: GCVAE, meta: dict[str, Any])
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint metadata lacks {missing}")
+    meta = _plain(meta)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -67,6 +68,18 @@ def save_checkpoint(path: str | os.PathLike, model: GCVAE, meta: dict[str, Any])
     tmp = Path(f"{path}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def _plain(obj: Any) -> Any:
+    """Metadata as plain Python types (NumPy scalars would make the file unloadable
+    with ``weights_only=True``)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # NumPy/torch scalar
+        return obj.item()
+    return obj
 
 
 def _read(path: Path) -> dict:

@@ -323,8 +323,8 @@ class SPAIFactorPC:
             n=int(totals[0]),
             nnz_G=int(totals[1]),
             nnz_trilA=int(totals[2]),
-            fill=totals[1] / max(totals[2], 1.0),
-            kaporin=-2.0 * totals[3] / max(totals[0], 1.0),
+            fill=float(totals[1] / max(totals[2], 1.0)),
+            kaporin=float(-2.0 * totals[3] / max(totals[0], 1.0)),
             times=dict(zip(names, tmax.tolist())),
         )
 

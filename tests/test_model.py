@@ -144,3 +144,13 @@ def test_sampling_is_reproducible(dataset) -> None:
     c = model.generate(g, samples=2, generator=torch.Generator().manual_seed(6))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
+
+
+def test_numpy_metadata_is_stored_as_plain_python(tmp_path) -> None:
+    import numpy as np
+
+    meta = {**META, "heldout": {"ratio": np.float64(0.5), "its": [np.int64(3)]}}
+    save_checkpoint(tmp_path / "m.pt", GCVAE(GCVAEConfig(hidden=8)), meta)
+    _, info = load_checkpoint(tmp_path / "m.pt")
+    assert info["meta"]["heldout"] == {"ratio": 0.5, "its": [3]}
+    assert type(info["meta"]["heldout"]["ratio"]) is float
