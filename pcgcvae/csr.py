@@ -42,8 +42,11 @@ class CSR:
         return np.repeat(np.arange(self.n, dtype=np.int64), np.diff(self.indptr))
 
     def keys(self) -> np.ndarray:
-        """Entry keys ``row * n + col``; strictly increasing for sorted CSR."""
-        return self.rows() * self.n + self.indices
+        """Entry keys ``row * n + col``; strictly increasing for sorted CSR (cached)."""
+        cached = getattr(self, "_keys", None)
+        if cached is None or len(cached) != len(self.indices):
+            cached = self._keys = self.rows() * self.n + self.indices
+        return cached
 
     def lookup(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Values A[r, c] (0 where no entry is stored), vectorised."""
@@ -71,7 +74,10 @@ class CSR:
         return CSR(indptr, self.indices[mask], self.data[mask])
 
     def with_data(self, data: np.ndarray) -> CSR:
-        return CSR(self.indptr, self.indices, data)
+        """Same structure (and cached keys), new values."""
+        out = CSR(self.indptr, self.indices, data)
+        out._keys = getattr(self, "_keys", None)
+        return out
 
     def take_rows(self, rows: np.ndarray) -> CSR:
         """The given rows (in that order), columns unchanged."""

@@ -47,10 +47,13 @@ class FactorGraph(Data):
 def _union_offdiag_keys(a: CSR, s: CSR) -> np.ndarray:
     """Sorted keys (i*n+j) of off-diagonal entries of pattern(A) ∪ S ∪ Sᵀ."""
     n = a.n
-    ra, ca = a.rows(), a.indices
-    rs, cs = s.rows(), s.indices
-    keys = np.concatenate([ra * n + ca, rs * n + cs, cs * n + rs])
-    keys = np.unique(keys)
+    akeys = a.keys()
+    skeys = s.keys()
+    if len(np.setdiff1d(skeys, akeys, assume_unique=True)) == 0:
+        keys = akeys  # S ⊆ pattern(A) (level 1, symmetric A): no union needed
+    else:
+        rs, cs = s.rows(), s.indices
+        keys = np.unique(np.concatenate([akeys, skeys, cs * n + rs]))
     return keys[(keys // n) != (keys % n)]
 
 
@@ -96,7 +99,7 @@ def build_graph(
     keys = _union_offdiag_keys(a, s)
     ti, sj = keys // n, keys % n  # message from sj (source) to ti (target)
     aval = a.lookup(ti, sj)
-    in_a = a.lookup(ti, sj) != 0
+    in_a = aval != 0
     a2 = np.zeros(len(keys))
     if a2_on_s is not None:
         lo = np.minimum(ti, sj)

@@ -70,11 +70,11 @@ def write_model_card(ckpt: Path, meta: dict, history: list[dict]) -> Path:
     if "heldout" in meta:
         lines += ["## Held-out problems (CG, rtol 1e-8, serial)", "",
                   "| cells/side | n | Jacobi | FSAI L1 | GCVAE L1 | FSAI L2 | GCVAE L2 | GCVAE best of K | "
-                  "Kaporin spread (K samples) |",
+                  f"Kaporin score of K={len(meta['heldout']['rows'][0]['sample_scores'])} samples |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in meta["heldout"]["rows"]:
             sc = r["sample_scores"]
-            spread = f"{min(sc):.4f}..{max(sc):.4f}" if sc else "-"
+            spread = f"best {min(sc):.5f}, spread {max(sc) - min(sc):.1e}" if sc else "-"
             lines.append(f"| {r['size']} | {r['n']} | {r['jacobi']} | {r['fsai']} | {r['gcvae']} | {r['fsai2']} | "
                          f"{r['gcvae2']} | {r['gcvae_best_of_k']} | {spread} |")
         lines += ["", "Ratios: `" + json.dumps(meta["heldout"]["summary"]) + "`", ""]

@@ -410,10 +410,11 @@ class GCVAEPC(SPAIFactorPC):
         return self.model_name or ("poisson" if block_size == 1 else "elasticity")
 
     def _prepare(self, P: PETSc.Mat) -> None:
-        from .checkpoint import load_model
-
         name = self._model_for(P.getBlockSize())
-        with self._timed("model load"):
+        with self._timed("model load"):  # the first time also imports torch and torch_geometric
+            from .checkpoint import load_model
+            from .graph import build_graph  # noqa: F401
+
             self.model, self.model_info = load_model(name)
         meta = self.model_info["meta"]
         bs = P.getBlockSize()
@@ -430,11 +431,11 @@ class GCVAEPC(SPAIFactorPC):
 
     def _factor_values(self, ahat: CSR, ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None,
                        block: _LocalBlock, block_size: int) -> np.ndarray:
-        import torch
-
         if ahat.n == 0:  # a rank without rows (e.g. a coarse GAMG level)
             self.stats["sample_scores"] = []
             return np.zeros(0)
+
+        import torch
 
         from .graph import build_graph
 
