@@ -29,6 +29,8 @@ from .graph import (
     FactorGraph,
 )
 
+INFERENCE_CHUNK = 1 << 20  # edges per chunk when generating without gradients
+
 
 @dataclass
 class GCVAEConfig:
@@ -61,8 +63,24 @@ class EdgeConditionedConv(MessagePassing):
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        m = self.propagate(edge_index, a=self.lin_i(h), b=self.lin_j(h), c=self.lin_e(edge_attr))
+        a, b = self.lin_i(h), self.lin_j(h)
+        if torch.is_grad_enabled() or edge_index.size(1) <= INFERENCE_CHUNK:
+            m = self.propagate(edge_index, a=a, b=b, c=self.lin_e(edge_attr))
+        else:
+            m = self._chunked_mean_messages(a, b, edge_index, edge_attr)
         return self.norm(h + self.update_mlp(torch.cat([h, m], dim=-1)))
+
+    def _chunked_mean_messages(self, a: torch.Tensor, b: torch.Tensor, edge_index: torch.Tensor,
+                               edge_attr: torch.Tensor) -> torch.Tensor:
+        """The same mean aggregation, edges in chunks: bounded memory on huge graphs (inference)."""
+        src, dst = edge_index
+        total = torch.zeros_like(a)
+        for start in range(0, src.numel(), INFERENCE_CHUNK):
+            sl = slice(start, start + INFERENCE_CHUNK)
+            msg = self.message(a[dst[sl]], b[src[sl]], self.lin_e(edge_attr[sl]))
+            total.index_add_(0, dst[sl], msg)
+        count = torch.bincount(dst, minlength=a.size(0)).clamp_min(1).to(a.dtype)
+        return total / count[:, None]
 
     def message(self, a_i: torch.Tensor, b_j: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(a_i + b_j + c)
@@ -115,8 +133,14 @@ class FactorHead(nn.Module):
     def forward(self, h: torch.Tensor, s_index: torch.Tensor, s_attr: torch.Tensor,
                 s_diag: torch.Tensor) -> torch.Tensor:
         i, j = s_index
-        t = torch.nn.functional.silu(self.lin_i(h)[i] + self.lin_j(h)[j] + self.lin_s(s_attr))
-        out = self.out(t).squeeze(-1)
+        a, b = self.lin_i(h), self.lin_j(h)
+        step = s_index.size(1) if torch.is_grad_enabled() else INFERENCE_CHUNK
+        outs = []
+        for start in range(0, s_index.size(1), max(step, 1)):
+            sl = slice(start, start + step)
+            t = torch.nn.functional.silu(a[i[sl]] + b[j[sl]] + self.lin_s(s_attr[sl]))
+            outs.append(self.out(t).squeeze(-1))
+        out = torch.cat(outs) if outs else torch.zeros(0)
         return torch.where(s_diag, torch.exp(out.clamp(-20.0, 20.0)), out)
 
 
