@@ -103,9 +103,10 @@ if ! have venv; then
   say "firedrake ${FIREDRAKE_VERSION} with petsc4py/mpi4py/h5py built against this PETSc and MPI"
   # petsc4py's generated C file takes ~25 min at -O3 and ~2 min at -O1 with
   # the same runtime speed (the work is in libpetsc, built -O3 above).
-  # --no-cache-dir: never reuse a petsc4py/mpi4py/h5py wheel built against another PETSc.
-  env CC=mpicc CXX=mpicxx HDF5_MPI=ON HDF5_DIR="$HDF5_OPENMPI" CFLAGS="-O1" \
-    "$VENV/bin/pip" install -q --no-cache-dir --no-binary h5py,mpi4py,petsc4py \
+  # PIP_NO_CACHE_DIR (also seen by the pips that fill build environments): never reuse a
+  # petsc4py/mpi4py/h5py wheel that pip cached from a build against another PETSc.
+  env CC=mpicc CXX=mpicxx HDF5_MPI=ON HDF5_DIR="$HDF5_OPENMPI" CFLAGS="-O1" PIP_NO_CACHE_DIR=1 \
+    "$VENV/bin/pip" install -q --no-binary h5py,mpi4py,petsc4py \
       "firedrake[check]==${FIREDRAKE_VERSION}" \
     > "$STACK/pip-firedrake.log" 2>&1 || { tail -40 "$STACK/pip-firedrake.log"; exit 1; }
   "$VENV/bin/pip" install -q pytest ruff matplotlib scipy tqdm
