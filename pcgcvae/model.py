@@ -29,7 +29,7 @@ from .graph import (
     FactorGraph,
 )
 
-INFERENCE_CHUNK = 1 << 20  # edges per chunk when generating without gradients
+INFERENCE_CHUNK = 1 << 18  # edges per chunk when generating without gradients
 
 
 @dataclass
