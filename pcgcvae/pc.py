@@ -217,9 +217,11 @@ class SPAIFactorPC:
             local = P if size == 1 else P.getDiagonalBlock()
             csr = mat_to_csr(local)
             return _LocalBlock(csr, np.arange(rstart, rend), np.arange(rend - rstart))
-        key = (self.overlap, P.getSize(), (rstart, rend))
+        # Reuse the overlap IS and the submatrix only for the same matrix with the same
+        # local nonzero count; decided collectively (recomputing is collective).
+        key = (self.overlap, P.handle, P.getSize(), (rstart, rend), int(P.getInfo()["nz_used"]))
         cache = self._overlap_cache
-        if cache.get("key") != key:
+        if P.getComm().tompi4py().allreduce(cache.get("key") != key, op=MPI.LOR):
             iset = PETSc.IS().createStride(rend - rstart, first=rstart, step=1, comm=PETSc.COMM_SELF)
             P.increaseOverlap(iset, self.overlap)  # collective; grows iset in place
             iset.sort()

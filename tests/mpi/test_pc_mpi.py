@@ -174,3 +174,37 @@ def test_resetup_after_value_change_parallel(comm, overlap: int) -> None:
     diff = G0.copy()
     diff.axpy(-1.0, G1)
     assert diff.norm() < 1e-12 * G1.norm()
+
+
+def test_overlap_with_new_matrix_of_other_pattern(comm) -> None:
+    """The cached overlap/submatrix is not reused for another matrix with another pattern."""
+    m = 10
+    A = laplacian_2d(m, kappa_seed=5)
+    B = laplacian_2d(m, kappa_seed=5)
+    B.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, False)
+    lo, hi = B.getOwnershipRange()
+    for i in range(lo, hi):  # a weak extra coupling two rows away (still diagonally dominant)
+        if i + 2 < m * m:
+            B.setValue(i, i + 2, -0.01)
+        if i - 2 >= 0:
+            B.setValue(i, i - 2, -0.01)
+    B.assemble()
+    ksp = PETSc.KSP().create(comm=PETSc.COMM_WORLD)
+    PETSc.Options()["nm_pc_fsai_overlap"] = 1
+    ksp.setOptionsPrefix("nm_")
+    ksp.getPC().setType("python")
+    ksp.getPC().setPythonType("pcgcvae.FSAIPC")
+    ksp.setFromOptions()
+    ksp.setOperators(A)
+    ksp.setUp()
+    ksp.setOperators(B)
+    ksp.setUp()
+    fresh = cg_iterations(B, {**parallel_options("fsai", comm.size), "pc_fsai_overlap": 1})
+    b = B.createVecLeft()
+    b.setRandom()
+    x = b.duplicate()
+    ksp.setTolerances(rtol=1e-8)
+    ksp.setType("cg")
+    ksp.solve(b, x)
+    assert ksp.getConvergedReason() > 0
+    assert abs(ksp.getIterationNumber() - fresh) <= 2
