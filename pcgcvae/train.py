@@ -130,11 +130,13 @@ def train(args: argparse.Namespace) -> Path:
         history, start_epoch, elapsed = st["history"], st["epoch"], st["elapsed"]
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed from {state_path} at epoch {start_epoch}")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1), eta_min=args.lr / 20)
+    if start_epoch:
+        sched.load_state_dict(st["scheduler"])
+    # A resumed run reseeds its shuffling from the epoch it resumes at (deterministic, not bit-identical
+    # to an uninterrupted run).
     gen = torch.Generator().manual_seed(args.seed + start_epoch)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=gen)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1), eta_min=args.lr / 20,
-                                                       last_epoch=start_epoch - 1) if start_epoch else \
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1), eta_min=args.lr / 20)
     t_start = time.perf_counter() - elapsed
     for epoch in range(start_epoch, args.epochs):
         model.train()
@@ -157,7 +159,8 @@ def train(args: argparse.Namespace) -> Path:
         history.append(rec)
         # one line per epoch, also with --quiet (which only hides the progress bar)
         print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "history": history,
                     "epoch": epoch + 1, "elapsed": time.perf_counter() - t_start,
                     "torch_rng": torch.get_rng_state()}, state_path)
         if args.minutes and (time.perf_counter() - t_start) > 60 * args.minutes:

@@ -169,3 +169,20 @@ def test_chunked_inference_matches(dataset, monkeypatch) -> None:
     monkeypatch.setattr(model_module, "INFERENCE_CHUNK", 37)
     out = model.generate(g, use_mean=True)[0]
     assert torch.allclose(ref, out, rtol=1e-5, atol=1e-6)
+
+
+def test_training_resumes(dataset, tmp_path) -> None:
+    from pcgcvae.train import build_parser, train
+
+    common = ["--data", str(dataset), "--family", "poisson", "--out", str(tmp_path / "m.pt"), "--hidden", "8",
+              "--layers", "1", "--batch-size", "4", "--quiet", "--levels", "1"]
+    train(build_parser().parse_args([*common, "--epochs", "2"]))
+    first = torch.load(tmp_path / "m.pt.state", weights_only=False)
+    assert first["epoch"] == 2
+    train(build_parser().parse_args([*common, "--epochs", "4", "--resume"]))
+    state = torch.load(tmp_path / "m.pt.state", weights_only=False)
+    assert state["epoch"] == 4 and len(state["history"]) == 4
+    assert state["history"][:2] == first["history"]
+    _, info = load_checkpoint(tmp_path / "m.pt")
+    assert info["meta"]["training"]["epochs"] == 4
+    assert (tmp_path / "m.loss.png").is_file()
