@@ -10,6 +10,8 @@ import numpy as np
 from firedrake.petsc import PETSc
 from mpi4py import MPI
 
+from pcgcvae.evaluate import preconditioner_nnz
+
 PETSc.Log.begin()
 
 
@@ -26,26 +28,6 @@ class Row:
 
 def _event_time(name: str) -> float:
     return PETSc.Log.Event(name).getPerfInfo()["time"]
-
-
-def _tril_nnz(P: PETSc.Mat) -> int:
-    """Nonzeros of the lower triangles of the ranks' diagonal blocks (= nnz of ICC(0))."""
-    local = P if P.getComm().getSize() == 1 else P.getDiagonalBlock()
-    indptr, indices, _ = local.getValuesCSR()
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    return int(P.getComm().tompi4py().allreduce(int(np.count_nonzero(indices <= rows))))
-
-
-def preconditioner_nnz(ksp: PETSc.KSP, params: dict, P: PETSc.Mat) -> int | None:
-    """Nonzeros stored by the preconditioner, where that is well defined."""
-    pc = ksp.getPC()
-    if pc.getType() == "python":
-        return getattr(pc.getPythonContext(), "stats", {}).get("nnz_G")
-    if params.get("pc_type") == "jacobi":
-        return P.getSize()[0]
-    if params.get("pc_type") == "icc" or params.get("sub_pc_type") == "icc":
-        return _tril_nnz(P)
-    return None
 
 
 def reference_preconditioners(parallel: bool, gamg_label: str = "GAMG") -> dict[str, dict]:

@@ -64,26 +64,8 @@ def pc_options(name: str, size: int) -> dict[str, object]:
     return parallel_options(name, size)
 
 
-def _nnz(ksp) -> int | None:  # noqa: ANN001
-    pc = ksp.getPC()
-    comm = ksp.getComm().tompi4py()
-    if pc.getType() == "python":
-        return pc.getPythonContext().stats.get("nnz_G")
-    if pc.getType() == "jacobi":
-        return ksp.getOperators()[1].getSize()[0]
-    target = pc
-    if pc.getType() == "bjacobi":
-        target = pc.getBJacobiSubKSP()[0].getPC()
-    if target.getType() in ("icc", "ilu"):
-        return int(comm.allreduce(target.getFactorMatrix().getInfo()["nz_used"]))
-    return None
-
-
-def run_case(problem, pc: str, repeats: int) -> dict:  # noqa: ANN001
-    """Median setup/solve time over ``repeats`` fresh KSPs on the assembled operator."""
-    from mpi4py import MPI
-    from petsc4py import PETSc
-
+def assemble_case(problem):  # noqa: ANN001, ANN201
+    """The operator (with the near-nullspace, if any) and a fixed random right-hand side."""
     P = problem.assemble_matrix()
     comm = P.getComm()
     b = P.createVecLeft()
@@ -92,10 +74,22 @@ def run_case(problem, pc: str, repeats: int) -> dict:  # noqa: ANN001
     b.array[:] = rng.standard_normal(b.getSize())[lo:hi]
     if problem.near_nullspace is not None:
         P.setNearNullSpace(problem.near_nullspace.nullspace(comm=comm))
+    return P, b
+
+
+def run_case(P, b, pc: str, repeats: int) -> dict:  # noqa: ANN001
+    """Median setup/solve time over ``repeats`` fresh KSPs on the assembled operator ``P``."""
+    from mpi4py import MPI
+    from petsc4py import PETSc
+
+    from .evaluate import preconditioner_nnz
+
+    comm = P.getComm()
     opts = PETSc.Options()
     prefix = f"bench_{pc.replace('-', '_')}_"
+    pc_opts = pc_options(pc, comm.getSize())
     full = {"ksp_type": "cg", "ksp_rtol": 1e-8, "ksp_atol": 0.0, "ksp_max_it": 20000,
-            "ksp_norm_type": "unpreconditioned", **pc_options(pc, comm.getSize())}
+            "ksp_norm_type": "unpreconditioned", **pc_opts}
     for k, v in full.items():
         opts[prefix + k] = v
     setups, solves, mems, peaks = [], [], [], []
@@ -119,7 +113,8 @@ def run_case(problem, pc: str, repeats: int) -> dict:  # noqa: ANN001
             solves.append(comm.tompi4py().allreduce(t2 - t1, op=MPI.MAX))
             mems.append(comm.tompi4py().allreduce(max(m1 - m0, 0.0), op=MPI.SUM))
             peaks.append(comm.tompi4py().allreduce(peak, op=MPI.MAX))
-            its, converged, nnz = ksp.getIterationNumber(), ksp.getConvergedReason() > 0, _nnz(ksp)
+            its, converged = ksp.getIterationNumber(), ksp.getConvergedReason() > 0
+            nnz = preconditioner_nnz(ksp, pc_opts, P)
             ksp.destroy()
     finally:
         for k in full:
@@ -150,12 +145,13 @@ def worker(args: argparse.Namespace) -> list[dict]:
                   else {"E_sigma": 1.0, "corr": 0.3, "nu": 0.35})
         spec = ProblemSpec(family, size, degree=degree, dim=dim, mesh="square", seed=5, params=params)
         problem = build_problem(spec)
+        P, b = assemble_case(problem)  # once per problem, shared by every preconditioner
         for pc in args.pcs:
             if pc == "gamg-gcvae-smoother" and family == "elasticity" and dim == 3:
                 bar.update()
                 continue  # coarse GAMG levels of 3D elasticity have block size 6: no model for it
             bar.set_postfix_str(f"{fam} n={problem.V.dim()} {pc}")
-            res = run_case(problem, pc, args.repeats)
+            res = run_case(P, b, pc, args.repeats)
             rows.append({"family": fam, "dofs": problem.V.dim(), "ranks": comm.size, "pc": pc, **res})
             bar.update()
     bar.close()

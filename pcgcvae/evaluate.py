@@ -48,8 +48,33 @@ def parallel_options(name: str, size: int) -> dict[str, object]:
     return opts
 
 
+def _tril_nnz(P: PETSc.Mat) -> int:
+    """Nonzeros of the lower triangles of the ranks' diagonal blocks (= nnz of ICC(0))."""
+    local = P if P.getComm().getSize() == 1 else P.getDiagonalBlock()
+    indptr, indices, _ = local.getValuesCSR()
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    return int(P.getComm().tompi4py().allreduce(int(np.count_nonzero(indices <= rows))))
+
+
+def preconditioner_nnz(ksp: PETSc.KSP, options: dict[str, object], P: PETSc.Mat) -> int | None:
+    """Nonzeros stored by the preconditioner set up from ``options``, where that is well defined.
+
+    Reads only the Python PC's statistics, never PETSc's factor objects, so it also
+    works after Firedrake has finished with the KSP.
+    """
+    pc = ksp.getPC()
+    if pc.getType() == "python":
+        ctx = pc.getPythonContext()
+        return getattr(ctx, "stats", {}).get("nnz_G")
+    if options.get("pc_type") == "jacobi":
+        return P.getSize()[0]
+    if options.get("pc_type") == "icc" or options.get("sub_pc_type") == "icc":
+        return _tril_nnz(P)
+    return None
+
+
 def solve(P: PETSc.Mat, options: dict[str, object], b: PETSc.Vec | None = None, rtol: float = 1e-8,
-          max_it: int = 20000, seed: int = 0, near_nullspace: PETSc.NullSpace | None = None) -> SolveResult:
+          max_it: int = 20000, seed: int = 0) -> SolveResult:
     """CG on ``P x = b`` with the preconditioner given by ``options`` (no prefix).
 
     ``b`` defaults to a random vector from ``seed`` (the same for any number
@@ -62,8 +87,6 @@ def solve(P: PETSc.Mat, options: dict[str, object], b: PETSc.Vec | None = None, 
             "ksp_norm_type": "unpreconditioned", **options}
     for k, v in full.items():
         opts[prefix + k] = v
-    if near_nullspace is not None:
-        P.setNearNullSpace(near_nullspace)
     ksp = PETSc.KSP().create(comm=comm)
     try:
         ksp.setOptionsPrefix(prefix)
