@@ -3,11 +3,13 @@
     python -m pcgcvae.bench --quick                 # minutes: small sizes, 1 and 2 ranks
     python -m pcgcvae.bench                         # 10^3..10^5 dofs
     python -m pcgcvae.bench --large                 # adds ~10^6 dofs
+    python -m pcgcvae.bench --large-only --families poisson-p1 --pcs jacobi gcvae ...  # just ~10^6
 
 For every problem family, size, rank count and preconditioner it records CG
 iterations (rtol 1e-8), setup and solve seconds (medians over ``--repeats``
 solves, each with a fresh KSP), their sum, the preconditioner's nonzeros and
-the memory its setup took, and writes ``bench.csv``, ``bench.md`` and PNG
+the memory its setup took, and writes ``bench.csv``, ``bench.md``,
+``summary.md`` (the headline ratios against Jacobi, FSAI and GAMG) and PNG
 plots (iterations and total time against dofs) into ``--out``.  Runs on more
 than one rank re-launch this module under ``mpiexec``.
 """
@@ -32,8 +34,8 @@ FAMILIES = {
     "elasticity-2d": ("elasticity", 2, 1, [12, 24], [22, 70, 223], [707]),
     "elasticity-3d": ("elasticity", 3, 1, [4, 6], [6, 14, 31], [68]),
 }
-PCS = ["none", "jacobi", "sor", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-k4", "gamg", "gamg-fsai-smoother",
-       "gamg-gcvae-smoother"]
+PCS = ["none", "jacobi", "sor", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-k4", "fsai-ov1", "gcvae-ov1",
+       "gamg", "gamg-fsai-smoother", "gamg-gcvae-smoother"]
 FIELDS = ["family", "dofs", "ranks", "pc", "iterations", "converged", "setup_s", "solve_s", "total_s", "nnz",
           "setup_mem_mb", "peak_rss_mb"]
 
@@ -57,6 +59,9 @@ def pc_options(name: str, size: int) -> dict[str, object]:
 
     if name == "gcvae-k4":
         return {**parallel_options("gcvae", size), "pc_gcvae_samples": 4, "pc_gcvae_latent": "mean"}
+    if name.endswith("-ov1"):  # halo rows of overlap 1 before generation (same as without on one rank)
+        base = name.removesuffix("-ov1")
+        return {**parallel_options(base, size), f"pc_{base}_overlap": 1}
     if name.startswith("gamg-") and name.endswith("-smoother"):
         cls = "GCVAEPC" if "gcvae" in name else "FSAIPC"
         return {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
@@ -137,7 +142,7 @@ def worker(args: argparse.Namespace) -> list[dict]:
     cases = []
     for fam in args.families:
         family, dim, degree, quick, default, large = FAMILIES[fam]
-        sizes = quick if args.quick else default + (large if args.large else [])
+        sizes = quick if args.quick else large if args.large_only else default + (large if args.large else [])
         cases += [(fam, family, dim, degree, s) for s in sizes]
     bar = tqdm(total=len(cases) * len(args.pcs), desc=f"bench ({comm.size} rank(s))", disable=comm.rank != 0)
     for fam, family, dim, degree, size in cases:
@@ -163,7 +168,6 @@ def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as f:
@@ -181,33 +185,79 @@ def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
                      f"{r['setup_mem_mb']} | {r['peak_rss_mb']} |")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "summary.md").write_text(summarise(rows))
     for key, fname, label in (("iterations", "iterations.png", "CG iterations"),
                               ("total_s", "time.png", "setup + solve (s)")):
-        fams = sorted({r["family"] for r in rows})
-        fig, axes = plt.subplots(1, len(fams), figsize=(5 * len(fams), 4), squeeze=False)
-        for ax, fam in zip(axes[0], fams):
-            for pc in dict.fromkeys(r["pc"] for r in rows):
-                for ranks in sorted({r["ranks"] for r in rows}):
-                    pts = [(r["dofs"], r[key]) for r in rows
-                           if r["family"] == fam and r["pc"] == pc and r["ranks"] == ranks and r["converged"]]
-                    if pts:
-                        xs, ys = zip(*sorted(pts))
-                        ax.loglog(xs, ys, marker="o", ls="-" if ranks == 1 else "--",
-                                  label=f"{pc} ({ranks}r)")
-            ax.set_title(fam)
-            ax.set_xlabel("dofs")
-            ax.set_ylabel(label)
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0][-1].legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=100)
-        plt.close(fig)
+        _plot(rows, key, label, out / fname)
+
+
+def _style(pc: str) -> dict:
+    """One colour and marker per preconditioner, the same in every panel and plot."""
+    import matplotlib.pyplot as plt
+
+    k = PCS.index(pc) if pc in PCS else len(PCS)
+    return {"color": plt.get_cmap("tab20")(k % 20), "marker": "osD^v<>phX*8Ps"[k % 14]}
+
+
+def _plot(rows: list[dict], key: str, label: str, png: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams) + 2, 4), squeeze=False)
+    for ax, fam in zip(axes[0], fams):
+        for pc in dict.fromkeys(r["pc"] for r in rows):
+            for ranks in sorted({r["ranks"] for r in rows}):
+                pts = [(r["dofs"], r[key]) for r in rows
+                       if r["family"] == fam and r["pc"] == pc and r["ranks"] == ranks and r["converged"]]
+                if pts:
+                    xs, ys = zip(*sorted(pts))
+                    ax.loglog(xs, ys, ls="-" if ranks == 1 else "--", ms=4, lw=1.2,
+                              label=f"{pc} ({ranks} rank{'s' if ranks > 1 else ''})", **_style(pc))
+        ax.set_title(fam)
+        ax.set_xlabel("dofs")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2 / (4.5 * len(fams) + 2), 1))
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _ratio(rows: list[dict], fam: str, dofs: int, ranks: int, num: str, den: str, key: str) -> float | None:
+    pick = {r["pc"]: r for r in rows if r["family"] == fam and r["dofs"] == dofs and r["ranks"] == ranks}
+    a, b = pick.get(num), pick.get(den)
+    if a is None or b is None or not (a["converged"] and b["converged"]) or not b[key]:
+        return None
+    return a[key] / b[key]
+
+
+def summarise(rows: list[dict]) -> str:
+    """Markdown table of the headline ratios the issue targets name, per family, size and ranks."""
+    cols = [("gcvae", "jacobi", "iterations", "GCVAE/Jacobi its"), ("gcvae", "fsai", "iterations", "GCVAE/FSAI its"),
+            ("gcvae2", "jacobi", "iterations", "GCVAE2/Jacobi its"), ("gcvae2", "fsai2", "iterations",
+                                                                       "GCVAE2/FSAI2 its"),
+            ("gcvae", "jacobi", "total_s", "GCVAE/Jacobi total time"), ("fsai", "jacobi", "total_s",
+                                                                        "FSAI/Jacobi total time"),
+            ("gcvae", "jacobi", "solve_s", "GCVAE/Jacobi solve time"),
+            ("gamg-gcvae-smoother", "gamg", "iterations", "GAMG+GCVAE smoother/GAMG its")]
+    lines = ["| family | dofs | ranks | " + " | ".join(c[3] for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    cases = list(dict.fromkeys((r["family"], r["dofs"], r["ranks"]) for r in rows))
+    for fam, dofs, ranks in cases:
+        vals = [_ratio(rows, fam, dofs, ranks, num, den, key) for num, den, key, _ in cols]
+        if all(v is None for v in vals):
+            continue
+        lines.append(f"| {fam} | {dofs} | {ranks} | "
+                     + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pcgcvae.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes only (minutes)")
     ap.add_argument("--large", action="store_true", help="add the ~10^6-dof sizes")
+    ap.add_argument("--large-only", action="store_true", help="only the ~10^6-dof sizes")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     ap.add_argument("--pcs", nargs="+", default=PCS, choices=PCS)
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
@@ -243,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{os.cpu_count()}-core {os.uname().machine} ({os.uname().nodename})",
             "repeats": args.repeats, "argv": base}
     write_outputs(rows, args.out, meta)
-    print(f"wrote {args.out}/bench.csv, bench.md, iterations.png, time.png ({len(rows)} rows)")
+    print(f"wrote {args.out}/bench.csv, bench.md, summary.md, iterations.png, time.png ({len(rows)} rows)")
 
 
 if __name__ == "__main__":

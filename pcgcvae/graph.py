@@ -44,18 +44,38 @@ class FactorGraph(Data):
         return super().__cat_dim__(key, value, *args, **kwargs)
 
 
-def _union_offdiag_keys(a: CSR, s: CSR) -> np.ndarray:
-    """Sorted keys (i*n+j) of off-diagonal entries of pattern(A) ∪ S ∪ Sᵀ."""
+def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
+    """Message edges (2, E) = (source j, target i) over the off-diagonal entries of
+    pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order, and Â's value on each (0 if absent)."""
     n = a.n
     akeys = a.keys()
     skeys = s.keys()
     if len(np.setdiff1d(skeys, akeys, assume_unique=True)) == 0:
-        keys = akeys  # S ⊆ pattern(A) (level 1, symmetric A): no union needed
+        off = a.rows() != a.indices  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's
+        keys = akeys[off]
+        aval = a.data[off]
     else:
         rs, cs = s.rows(), s.indices
         keys = np.sort(np.concatenate([akeys, skeys, cs * n + rs]))  # (np.unique hashes: slower here)
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-    return keys[(keys // n) != (keys % n)]
+        keys = keys[(keys // n) != (keys % n)]
+        aval = None
+    edges = np.empty((2, len(keys)), dtype=np.int64)
+    np.remainder(keys, n, out=edges[0])
+    np.floor_divide(keys, n, out=edges[1])
+    del keys
+    if aval is None:
+        aval = a.lookup(edges[1], edges[0])
+    return edges, aval
+
+
+def _columns(n: int, columns: list) -> torch.Tensor:
+    """A float32 (n, len(columns)) tensor filled column by column (no float64 copy of the whole)."""
+    out = torch.empty((n, len(columns)), dtype=torch.float32)
+    view = out.numpy()
+    for k, col in enumerate(columns):
+        view[:, k] = col() if callable(col) else col
+    return out
 
 
 def build_graph(
@@ -72,55 +92,55 @@ def build_graph(
     ``a2_on_s``: values of Â² on S (used as a feature on entries of S that
     are not in A); ``target``: training target on S; ``triplets``: attach the
     index triplets needed by :func:`pcgcvae.quality.normalise_rows`.
+    Features are written straight into float32 tensors, one column at a time,
+    to keep the peak memory of large graphs low.
     """
     n = a.n
     rows_a = a.rows()
     off = rows_a != a.indices
-    absoff = np.abs(a.data) * off
-    deg = np.bincount(rows_a[off], minlength=n).astype(np.float64)
+    deg = np.bincount(rows_a[off], minlength=n)
     rs = s.rows()
     s_off = rs != s.indices
-    n_lower = np.bincount(rs[s_off], minlength=n).astype(np.float64)
-    n_upper = np.bincount(s.indices[s_off], minlength=n).astype(np.float64)
     comp = np.zeros((n, 3))
     if block_size > 1:
         comp[np.arange(n), np.arange(n) % block_size] = 1.0
-    x = np.column_stack(
-        [
-            np.bincount(rows_a, weights=a.data, minlength=n),  # row sum of Â
-            np.bincount(rows_a, weights=absoff, minlength=n),  # off-diagonal mass
-            n_lower / 8.0,
-            n_upper / 8.0,
-            deg / 8.0,
-            (deg == 0).astype(np.float64),  # Dirichlet/identity row
-            comp,
-        ]
-    )
+    x = _columns(n, [
+        lambda: np.bincount(rows_a, weights=a.data, minlength=n),  # row sum of Â
+        lambda: np.bincount(rows_a, weights=np.abs(a.data) * off, minlength=n),  # off-diagonal mass
+        lambda: np.bincount(rs[s_off], minlength=n) / 8.0,
+        lambda: np.bincount(s.indices[s_off], minlength=n) / 8.0,
+        deg / 8.0,
+        deg == 0,  # Dirichlet/identity row
+        comp[:, 0], comp[:, 1], comp[:, 2],
+    ])
 
-    keys = _union_offdiag_keys(a, s)
-    ti, sj = keys // n, keys % n  # message from sj (source) to ti (target)
-    aval = a.lookup(ti, sj)
+    edges, aval = _union_offdiag_edges(a, s)
+    sj, ti = edges
     in_a = aval != 0
-    a2 = np.zeros(len(keys))
-    if a2_on_s is not None:
-        lo = np.minimum(ti, sj)
-        hi = np.maximum(ti, sj)
-        a2 = s.with_data(a2_on_s).lookup(hi, lo) * (~in_a)
-    edge_attr = np.column_stack(
-        [aval, np.abs(aval), in_a, sj < ti, sj > ti, a2]
-    ).astype(np.float64)
+
+    def a2_column() -> np.ndarray:
+        if a2_on_s is None:
+            return 0.0
+        lo, hi = np.minimum(ti, sj), np.maximum(ti, sj)
+        return s.with_data(a2_on_s).lookup(hi, lo) * (~in_a)
+
+    edge_attr = _columns(len(aval), [aval, lambda: np.abs(aval), in_a, lambda: sj < ti, lambda: sj > ti, a2_column])
 
     s_aval = a.lookup(rs, s.indices)
-    s_a2 = np.zeros(s.nnz) if a2_on_s is None else a2_on_s * (s_aval == 0)
     s_diag = ~s_off
-    s_attr = np.column_stack([s_aval * s_off, np.abs(s_aval) * s_off, s_aval != 0, s_a2, s_diag])
+    s_attr = _columns(s.nnz, [
+        s_aval * s_off, lambda: np.abs(s_aval) * s_off, s_aval != 0,
+        0.0 if a2_on_s is None else a2_on_s * (s_aval == 0), s_diag,
+    ])
+    s_index = np.empty((2, s.nnz), dtype=np.int64)
+    s_index[0], s_index[1] = rs, s.indices
 
     g = FactorGraph(
-        x=torch.from_numpy(x).float(),
-        edge_index=torch.from_numpy(np.vstack([sj, ti])),
-        edge_attr=torch.from_numpy(edge_attr).float(),
-        s_index=torch.from_numpy(np.vstack([rs, s.indices])),
-        s_attr=torch.from_numpy(s_attr).float(),
+        x=x,
+        edge_index=torch.from_numpy(edges),
+        edge_attr=edge_attr,
+        s_index=torch.from_numpy(s_index),
+        s_attr=s_attr,
         s_diag=torch.from_numpy(s_diag),
         num_nodes=n,
     )

@@ -41,10 +41,11 @@ def test_demo_quick(demo: list[str], ranks: int, tmp_path) -> None:
 def test_bench_quick_writes_files(tmp_path) -> None:
     out = tmp_path / "results"
     run([sys.executable, "-m", "pcgcvae.bench", "--quick", "--families", "poisson-p1", "--pcs", "jacobi", "fsai",
-         "gcvae", "gamg-gcvae-smoother", "--ranks", "1", "2", "--repeats", "1", "--out", str(out)], cwd=tmp_path)
+         "gcvae", "gcvae-ov1", "gamg", "gamg-gcvae-smoother", "--ranks", "1", "2", "--repeats", "1",
+         "--out", str(out)], cwd=tmp_path)
     with open(out / "bench.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 4 * 2  # sizes x preconditioners x rank counts
+    assert len(rows) == 2 * 6 * 2  # sizes x preconditioners x rank counts
     from pcgcvae.bench import FIELDS
 
     assert list(rows[0]) == FIELDS
@@ -55,3 +56,14 @@ def test_bench_quick_writes_files(tmp_path) -> None:
     assert md.count("\n| poisson-p1 |") == len(rows)
     for png in ("iterations.png", "time.png"):
         assert (out / png).stat().st_size > 1000
+    # the headline ratios: one line per (size, ranks), GCVAE beats Jacobi, GAMG's smoother column filled
+    summary = [line.split("|")[1:-1] for line in (out / "summary.md").read_text().splitlines()[2:]]
+    assert len(summary) == 2 * 2
+    for cells in summary:
+        assert cells[0].strip() == "poisson-p1"
+        assert 0 < float(cells[3]) < 1.0  # GCVAE/Jacobi iterations
+        assert float(cells[10]) <= 1.2  # GAMG with the GCVAE smoother vs GAMG
+    by_case = {(r["dofs"], r["ranks"], r["pc"]): int(r["iterations"]) for r in rows}
+    for (dofs, ranks, pc), its in by_case.items():
+        if pc == "gcvae-ov1" and ranks == "1":
+            assert its == by_case[(dofs, ranks, "gcvae")]  # overlap changes nothing on one rank
