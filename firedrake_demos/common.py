@@ -4,13 +4,14 @@ nonzeros and the residual history."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 from firedrake.petsc import PETSc
 from mpi4py import MPI
 
-from pcgcvae.evaluate import preconditioner_nnz
+from pcgcvae.evaluate import PRECONDITIONERS, preconditioner_nnz
 
 PETSc.Log.begin()
 
@@ -31,7 +32,8 @@ def _event_time(name: str) -> float:
 
 
 def reference_preconditioners(parallel: bool, gamg_label: str = "GAMG") -> dict[str, dict]:
-    """What users run today, on the same problem: FSAI, Jacobi, ICC(0), GAMG."""
+    """What users run today, on the same problem: FSAI, Jacobi, ICC(0), GAMG, and GAMG with the
+    GCVAE factor as its smoother (``-mg_levels_pc_type python -mg_levels_pc_python_type pcgcvae.GCVAEPC``)."""
     icc = ("bjacobi+ICC(0)", {"pc_type": "bjacobi", "sub_pc_type": "icc"}) if parallel else \
         ("ICC(0)", {"pc_type": "icc"})
     return {
@@ -39,6 +41,7 @@ def reference_preconditioners(parallel: bool, gamg_label: str = "GAMG") -> dict[
         "Jacobi": {"pc_type": "jacobi"},
         icc[0]: icc[1],
         gamg_label: {"pc_type": "gamg"},
+        f"{gamg_label} + GCVAE smoother": PRECONDITIONERS["gamg-gcvae-smoother"],
     }
 
 
@@ -61,7 +64,8 @@ def compare(problem, base: dict, candidates: dict[str, dict]) -> list[Row]:
     P = problem.assemble_matrix()
     for name, params in candidates.items():
         before = {e: _event_time(e) for e in ("PCSetUp", "KSPSolve", "SNESSolve")}
-        _, ksp = problem.solve({**base, **params}, options_prefix=f"demo_{name.lower().replace('+', '_')}_")
+        prefix = "demo_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") + "_"
+        _, ksp = problem.solve({**base, **params}, options_prefix=prefix)
         d = {e: _event_time(e) - t for e, t in before.items()}
         setup = d["PCSetUp"]
         # Firedrake sets the PC up inside SNESSolve but outside KSPSolve; whatever part of

@@ -22,6 +22,12 @@ PRECONDITIONERS: dict[str, dict[str, object]] = {
     "gcvae": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC"},
     "gcvae2": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_pattern_level": 2},
     "gamg": {"pc_type": "gamg"},
+    # the SPAI factors as smoothers inside GAMG (Chebyshev on every level)
+    "gamg-fsai-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
+                           "mg_levels_pc_python_type": "pcgcvae.FSAIPC"},
+    # 3D elasticity's coarse GAMG levels have block size 6, which no model knows: FSAI there (said in -ksp_view)
+    "gamg-gcvae-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
+                            "mg_levels_pc_python_type": "pcgcvae.GCVAEPC", "mg_levels_pc_gcvae_fallback": "fsai"},
 }
 
 

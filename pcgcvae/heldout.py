@@ -52,9 +52,10 @@ def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000
     return {"rows": rows, "summary": summary}
 
 
-def write_model_card(ckpt: Path, meta: dict, history: list[dict]) -> Path:
+def write_model_card(ckpt: Path, meta: dict, history: list[dict], architecture: dict | None = None) -> Path:
     """A markdown model card next to the checkpoint."""
     tr = meta["training"]
+    arch = ", ".join(f"{k} {v}" for k, v in (architecture or {}).items())
     lines = [
         f"# GCVAE model `{ckpt.stem}`",
         "",
@@ -65,6 +66,8 @@ def write_model_card(ckpt: Path, meta: dict, history: list[dict]) -> Path:
         f"beta {tr['beta']}, lr {tr['lr']}, batch {tr['batch_size']}, seed {tr['seed']}",
         f"- package version {tr['package_version']}; final validation Kaporin gap to FSAI "
         f"{meta.get('validation_gap', float('nan')):.2e}",
+        *([f"- architecture: {arch}"] if arch else []),
+        *([f"- command: `{tr['command']}`"] if tr.get("command") else []),
         "",
     ]
     if "heldout" in meta:

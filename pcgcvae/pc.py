@@ -379,7 +379,10 @@ class GCVAEPC(SPAIFactorPC):
     Kaporin score), ``-pc_gcvae_latent mean|sample`` (with ``mean`` the first
     candidate is the prior mean), ``-pc_gcvae_seed``,
     ``-pc_gcvae_pattern_level``, ``-pc_gcvae_pattern_threshold``,
-    ``-pc_gcvae_overlap``.
+    ``-pc_gcvae_overlap``, ``-pc_gcvae_fallback error|fsai`` (what to do with
+    an operator whose block size the model was not trained for, e.g. the
+    block-size-6 coarse levels of GAMG on 3D elasticity: refuse, the
+    default, or build classical FSAI on it and say so in ``view``).
     """
 
     options_stem = "pc_gcvae_"
@@ -391,6 +394,8 @@ class GCVAEPC(SPAIFactorPC):
         self.samples = 1
         self.latent = "mean"
         self.seed = 0
+        self.fallback = "error"
+        self.fallback_reason = ""
         self.model = None
         self.model_info: dict = {}
 
@@ -400,6 +405,7 @@ class GCVAEPC(SPAIFactorPC):
         self.samples = opts.getInt(stem + "samples", self.samples)
         self.latent = opts.getString(stem + "latent", self.latent)
         self.seed = opts.getInt(stem + "seed", self.seed)
+        self.fallback = opts.getString(stem + "fallback", self.fallback)
 
     def _validate_options(self) -> None:
         super()._validate_options()
@@ -407,6 +413,8 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_samples must be >= 1, got {self.samples}")
         if self.latent not in ("mean", "sample"):
             raise OptionError(f"-pc_gcvae_latent must be 'mean' or 'sample', got '{self.latent}'")
+        if self.fallback not in ("error", "fsai"):
+            raise OptionError(f"-pc_gcvae_fallback must be 'error' or 'fsai', got '{self.fallback}'")
 
     def _model_for(self, block_size: int) -> str:
         return self.model_name or ("poisson" if block_size == 1 else "elasticity")
@@ -420,10 +428,15 @@ class GCVAEPC(SPAIFactorPC):
             self.model, self.model_info = load_model(name)
         meta = self.model_info["meta"]
         bs = P.getBlockSize()
+        self.fallback_reason = ""
+        if bs not in meta["block_sizes"] and self.fallback == "fsai":
+            self.fallback_reason = f"block size {bs} not in model '{name}' ({meta['block_sizes']})"
+            return
         if bs not in meta["block_sizes"]:
             raise OperatorError(
                 f"GCVAE model '{name}' was trained for block size(s) {meta['block_sizes']} "
-                f"({meta['family']}), but the operator has block size {bs}; choose another -pc_gcvae_model"
+                f"({meta['family']}), but the operator has block size {bs}; choose another -pc_gcvae_model "
+                "(or -pc_gcvae_fallback fsai)"
             )
         if self.pattern_level not in meta["pattern_levels"]:
             raise OptionError(
@@ -436,6 +449,10 @@ class GCVAEPC(SPAIFactorPC):
         if ahat.n == 0:  # a rank without rows (e.g. a coarse GAMG level)
             self.stats["sample_scores"] = []
             return np.zeros(0)
+        if self.fallback_reason:
+            self.stats["sample_scores"] = []
+            with self._timed("fsai", "FSAIFactor"):
+                return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index)
 
         import torch
 
@@ -473,6 +490,8 @@ class GCVAEPC(SPAIFactorPC):
             f" (family: {meta.get('family', 'not loaded')}, block sizes {meta.get('block_sizes', '?')})",
             f"samples {self.samples} ({self.latent} latent first), seed {self.seed}",
         ]
+        if self.fallback_reason:
+            lines.append(f"FALLBACK: classical FSAI, not the GCVAE, built this factor: {self.fallback_reason}")
         scores = self.stats.get("sample_scores")
         if scores:
             lines.append(

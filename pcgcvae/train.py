@@ -116,7 +116,8 @@ def train(args: argparse.Namespace) -> Path:
     n_val = max(1, len(graphs) // 10)
     val = [graphs[i] for i in order[:n_val]]
     train_set = [graphs[i] for i in order[n_val:]]
-    config = GCVAEConfig(hidden=args.hidden, decoder_layers=args.layers, latent=args.latent)
+    config = GCVAEConfig(hidden=args.hidden, decoder_layers=args.layers, prior_layers=args.prior_layers,
+                         latent=args.latent)
     model = GCVAE(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path = Path(f"{args.out}.state")
@@ -178,6 +179,7 @@ def train(args: argparse.Namespace) -> Path:
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "minutes": round((time.perf_counter() - t_start) / 60, 1), "device": device,
             "package_version": __version__,
+            "command": "python -m pcgcvae.train " + " ".join(getattr(args, "argv", None) or []),
         },
         "validation_gap": history[-1]["val_gap"] if history else None,
     }
@@ -191,7 +193,8 @@ def train(args: argparse.Namespace) -> Path:
                                    samples=args.heldout_samples)
         meta["heldout"] = metrics
         save_checkpoint(args.out, model, meta)
-        write_model_card(Path(args.out), meta, history)
+        write_model_card(Path(args.out), meta, history, {**model.config.to_dict(),
+                                                           "parameters": sum(p.numel() for p in model.parameters())})
     print(f"saved {args.out}")
     return Path(args.out)
 
@@ -211,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--recon", type=float, default=0.0, help="weight of the reconstruction term")
     ap.add_argument("--objective", choices=["kaporin", "frobenius"], default="kaporin")
     ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=4, help="message-passing layers of the decoder")
+    ap.add_argument("--prior-layers", type=int, default=2, help="message-passing layers of the conditional prior")
     ap.add_argument("--latent", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -224,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)  # recorded in the checkpoint and its card
     sys.argv[1:] = []  # Firedrake (held-out evaluation) hands sys.argv to PETSc: keep ours out
     train(args)
 

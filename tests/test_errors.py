@@ -138,7 +138,7 @@ def test_foreign_checkpoint(tmp_path, tiny_poisson) -> None:
            good_model=tiny_poisson)
 
 
-def test_wrong_block_size(tmp_path, tiny_poisson) -> None:
+def _laplacian_with_block_size_2() -> PETSc.Mat:
     A = laplacian_2d(6, comm=PETSc.COMM_SELF)  # 36 rows: block size 2 is valid
     B = PETSc.Mat().createAIJ(size=A.getSize(), bsize=2, comm=PETSc.COMM_SELF)
     B.setPreallocationNNZ(6)
@@ -146,7 +146,34 @@ def test_wrong_block_size(tmp_path, tiny_poisson) -> None:
     for i in range(A.getSize()[0]):
         B.setValues(i, indices[indptr[i]:indptr[i + 1]], data[indptr[i]:indptr[i + 1]])
     B.assemble()
-    expect(make_ksp(B, "GCVAEPC", pc_gcvae_model=str(tiny_poisson)), "block size")
+    return B
+
+
+def test_wrong_block_size(tmp_path, tiny_poisson) -> None:
+    expect(make_ksp(_laplacian_with_block_size_2(), "GCVAEPC", pc_gcvae_model=str(tiny_poisson)), "block size")
+
+
+def test_block_size_fallback_to_fsai(tmp_path, tiny_poisson) -> None:
+    """With -pc_gcvae_fallback fsai, an operator of another block size gets exactly FSAI, and view says so."""
+    B = _laplacian_with_block_size_2()
+    its = {}
+    for cls, opts in (("GCVAEPC", {"pc_gcvae_model": str(tiny_poisson), "pc_gcvae_fallback": "fsai"}),
+                      ("FSAIPC", {})):
+        ksp = make_ksp(B, cls, **opts)
+        b = B.createVecLeft()
+        b.setArray(np.linspace(1.0, 2.0, b.getSize()))
+        x = b.duplicate()
+        ksp.solve(b, x)
+        assert ksp.getConvergedReason() > 0
+        its[cls] = ksp.getIterationNumber()
+        if cls == "GCVAEPC":
+            view = str(tmp_path / "view.txt")
+            viewer = PETSc.Viewer().createASCII(view, comm=PETSc.COMM_SELF)
+            ksp.view(viewer)
+            viewer.destroy()
+            with open(view) as f:
+                assert "FALLBACK: classical FSAI" in f.read()
+    assert its["GCVAEPC"] == its["FSAIPC"]
 
 
 def test_model_without_requested_level(tmp_path, tiny_poisson) -> None:

@@ -96,7 +96,8 @@ def test_resetup_after_value_change_reuses_pattern() -> None:
 def test_bad_options_are_refused(tiny_poisson) -> None:
     A = laplacian_2d(6, comm=PETSc.COMM_SELF)
     for opts, needle in (({"pc_gcvae_samples": 0}, "samples"), ({"pc_gcvae_latent": "median"}, "latent"),
-                         ({"pc_gcvae_pattern_level": 7}, "pattern_level"), ({"pc_gcvae_overlap": -1}, "overlap")):
+                         ({"pc_gcvae_pattern_level": 7}, "pattern_level"), ({"pc_gcvae_overlap": -1}, "overlap"),
+                         ({"pc_gcvae_fallback": "maybe"}, "fallback")):
         with pytest.raises(PETSc.Error) as info:
             cg_iterations(A, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(tiny_poisson), **opts})
         assert needle in error_text(info.value)
