@@ -31,10 +31,12 @@ def test_demo_quick(demo: list[str], ranks: int, tmp_path) -> None:
     out = run(MPIEXEC + cmd if ranks > 1 else cmd, cwd=tmp_path)
     rows = [line for line in out.splitlines() if line.startswith("| ") and "preconditioner" not in line]
     names = [r.split("|")[1].strip() for r in rows]
-    assert names[:3] == ["GCVAE", "FSAI", "Jacobi"] and len(names) == 5, out
+    assert names[:3] == ["GCVAE", "FSAI", "Jacobi"] and len(names) == 6, out
+    assert names[4].startswith("GAMG") and names[5] == names[4] + " + GCVAE smoother", out
     assert "not converged" not in out, out
     its = {r.split("|")[1].strip(): int(r.split("|")[2]) for r in rows}
     assert its["GCVAE"] < its["Jacobi"], out
+    assert its[names[5]] <= 1.2 * its[names[4]], out  # the GCVAE smoother keeps GAMG's iteration count
     assert png.is_file() and png.stat().st_size > 1000
 
 

@@ -186,3 +186,25 @@ def test_training_resumes(dataset, tmp_path) -> None:
     _, info = load_checkpoint(tmp_path / "m.pt")
     assert info["meta"]["training"]["epochs"] == 4
     assert (tmp_path / "m.loss.png").is_file()
+
+
+@pytest.mark.parametrize("name,block_sizes", [("poisson", [1]), ("elasticity", [2, 3])])
+def test_shipped_models(name: str, block_sizes: list[int]) -> None:
+    """The shipped models load by name, are small, and record what a card promises."""
+    from pathlib import Path
+
+    import pcgcvae
+    from pcgcvae.checkpoint import load_model
+
+    path = Path(pcgcvae.__file__).parent / "models" / f"{name}.pt"
+    assert path.stat().st_size < 5 * 2**20
+    model, info = load_model(name)
+    assert {"class": "GCVAE", **model.config.to_dict()} == info["architecture"]  # the architecture is recorded
+    meta = info["meta"]
+    assert meta["family"] == name and meta["block_sizes"] == block_sizes and meta["pattern_levels"] == [1, 2]
+    assert meta["training"]["package_version"] and meta["training"]["epochs"] > 0
+    summary = meta["heldout"]["summary"]
+    assert max(summary["gcvae/fsai"]) <= 1.10  # within 10 % of classical FSAI on the held-out problems
+    assert max(summary["gcvae/jacobi"]) < 0.6
+    card = path.with_suffix(".md").read_text()
+    assert f"`{name}`" in card and "Held-out" in card
