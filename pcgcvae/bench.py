@@ -203,34 +203,40 @@ def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
         _plot(rows, key, label, out / fname)
 
 
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#000000", "#b8860b", "#00008b", "#ff1493"]
+
+
 def _style(pc: str) -> dict:
     """One colour and marker per preconditioner, the same in every panel and plot."""
-    import matplotlib.pyplot as plt
-
     k = PCS.index(pc) if pc in PCS else len(PCS)
-    return {"color": plt.get_cmap("tab20")(k % 20), "marker": "osD^v<>phX*8Ps"[k % 14]}
+    return {"color": _COLOURS[k % len(_COLOURS)], "marker": "osD^v<>phX*8Pd"[k % 14]}
 
 
 def _plot(rows: list[dict], key: str, label: str, png: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     fams = list(dict.fromkeys(r["family"] for r in rows))
-    fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams) + 2, 4), squeeze=False)
+    pcs = list(dict.fromkeys(r["pc"] for r in rows))
+    rank_counts = sorted({r["ranks"] for r in rows})
+    fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams) + 2, 4.2), squeeze=False)
     for ax, fam in zip(axes[0], fams):
-        for pc in dict.fromkeys(r["pc"] for r in rows):
-            for ranks in sorted({r["ranks"] for r in rows}):
+        for pc in pcs:
+            for ranks in rank_counts:
                 pts = [(r["dofs"], r[key]) for r in rows
                        if r["family"] == fam and r["pc"] == pc and r["ranks"] == ranks and r["converged"]]
                 if pts:
                     xs, ys = zip(*sorted(pts))
-                    ax.loglog(xs, ys, ls="-" if ranks == 1 else "--", ms=4, lw=1.2,
-                              label=f"{pc} ({ranks} rank{'s' if ranks > 1 else ''})", **_style(pc))
+                    ax.loglog(xs, ys, ls="-" if ranks == 1 else "--", ms=4, lw=1.2, **_style(pc))
         ax.set_title(fam)
         ax.set_xlabel("dofs")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    handles = [Line2D([], [], ms=4, lw=1.2, label=pc, **_style(pc)) for pc in pcs]
+    handles += [Line2D([], [], color="grey", ls="-" if r == 1 else "--", label=f"{r} rank{'s' if r > 1 else ''}")
+                for r in rank_counts]
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 2 / (4.5 * len(fams) + 2), 1))
     fig.savefig(png, dpi=110)
     plt.close(fig)
