@@ -9,8 +9,9 @@ fine-tunes a checkpoint for a few minutes; evaluate the result with the held-out
     python -c "from pathlib import Path; from pcgcvae.heldout import evaluate_heldout; \\
         print(evaluate_heldout(Path('ft.pt'), 'poisson', [48, 96, 192], seed=1000, samples=1)['summary'])"
 
-Session 2 result (mu 0.1, level 2, 14 min, 1 thread): held-out GCVAE/FSAI 0.984-0.990 at level 1 and
-1.000-1.015 at level 2 (the Kaporin-only model: 0.995-1.003 and 1.048-1.054).
+Session 2 results (1 thread; the Kaporin-only shipped model: GCVAE/FSAI 0.995-1.003 at level 1, 1.048-1.054 at
+level 2): mu 0.1, --levels 2, 14 min: 0.984-0.990 and 1.000-1.015; mu 0.3, --levels 1 2, 13 min: 0.956-0.969 and
+0.982-0.985; mu 1.0, --levels 1 2, 13 min: 0.933-0.949 (0.500-0.508x Jacobi) and 0.946-0.955 (0.355-0.358x Jacobi).
 """
 
 from __future__ import annotations
