@@ -24,16 +24,21 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GCVAE, GCVAEConfig, kl_divergence
-from .quality import frobenius_per_node, kaporin_per_graph, normalise_rows
+from .quality import frobenius_per_node, kaporin_per_graph, log_condition_per_graph, normalise_rows
 
 FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
 
 
 def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: str = "kaporin",  # noqa: ANN001
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of a batch and its parts (floats, for logging)."""
+               generator: torch.Generator | None = None, cond_weight: float = 0.0,
+               cond_max_n: int = 1200) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of a batch and its parts (floats, for logging).
+
+    ``cond_weight`` > 0 adds that multiple of the mean log cond(G Â Gᵀ) over the batch's graphs
+    with at most ``cond_max_n`` nodes (dense eigenvalues).
+    """
     mu_q, lv_q = model.encode(batch)
     mu_p, lv_p = model.prior_params(batch)
     eps = torch.randn(mu_q.shape, generator=generator)
@@ -56,7 +61,13 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     rec = torch.mean((g - batch.target) ** 2)
     if recon > 0:
         loss = loss + recon * rec
-    return loss, {"loss": loss.item(), "kaporin_gap": gap.item(), "kl": kl.item(), "recon": rec.item()}
+    parts = {}
+    if cond_weight > 0:
+        log_cond = log_condition_per_graph(g, batch, cond_max_n)
+        if len(log_cond):
+            loss = loss + cond_weight * log_cond.mean().to(loss.dtype)
+            parts["log_cond"] = log_cond.mean().item()
+    return loss, {"loss": loss.item(), "kaporin_gap": gap.item(), "kl": kl.item(), "recon": rec.item(), **parts}
 
 
 def load_dataset(path: Path, levels: list[int]) -> tuple[list, dict]:
@@ -116,9 +127,12 @@ def train(args: argparse.Namespace) -> Path:
     n_val = max(1, len(graphs) // 10)
     val = [graphs[i] for i in order[:n_val]]
     train_set = [graphs[i] for i in order[n_val:]]
-    config = GCVAEConfig(hidden=args.hidden, decoder_layers=args.layers, prior_layers=args.prior_layers,
-                         latent=args.latent)
-    model = GCVAE(config).to(device)
+    if args.init is not None:  # fine-tune: architecture and weights from a checkpoint
+        model = load_checkpoint(args.init)[0].train().to(device)
+    else:
+        config = GCVAEConfig(hidden=args.hidden, decoder_layers=args.layers, prior_layers=args.prior_layers,
+                             latent=args.latent)
+        model = GCVAE(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path = Path(f"{args.out}.state")
     history: list[dict] = []
@@ -145,7 +159,8 @@ def train(args: argparse.Namespace) -> Path:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet, leave=False)
         for b in bar:
             b = b.to(device)
-            loss, parts = gcvae_loss(model, b, args.beta, args.recon, args.objective, generator=gen)
+            loss, parts = gcvae_loss(model, b, args.beta, args.recon, args.objective, generator=gen,
+                                     cond_weight=args.cond_weight, cond_max_n=args.cond_max_n)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -177,6 +192,8 @@ def train(args: argparse.Namespace) -> Path:
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
             "dataset_seed": index["seed"], "seed": args.seed, "epochs": len(history), "lr": args.lr,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
+            "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
+            "init": None if args.init is None else str(args.init),
             "minutes": round((time.perf_counter() - t_start) / 60, 1), "device": device,
             "package_version": __version__,
             "command": "python -m pcgcvae.train " + " ".join(getattr(args, "argv", None) or []),
@@ -213,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--beta", type=float, default=0.01, help="weight of the KL term")
     ap.add_argument("--recon", type=float, default=0.0, help="weight of the reconstruction term")
     ap.add_argument("--objective", choices=["kaporin", "frobenius"], default="kaporin")
+    ap.add_argument("--cond-weight", type=float, default=0.0,
+                    help="add this multiple of log cond(G Â Gᵀ) (graphs with <= --cond-max-n nodes)")
+    ap.add_argument("--cond-max-n", type=int, default=1200, help="largest graph the condition term is computed on")
+    ap.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tuning)")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4, help="message-passing layers of the decoder")
     ap.add_argument("--prior-layers", type=int, default=2, help="message-passing layers of the conditional prior")
