@@ -53,18 +53,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def pc_options(name: str, size: int) -> dict[str, object]:
-    """PETSc options of a benchmark row."""
-    from .evaluate import parallel_options
-
-    if name == "gcvae-k4":
-        return {**parallel_options("gcvae", size), "pc_gcvae_samples": 4, "pc_gcvae_latent": "mean"}
-    if name.endswith("-ov1"):  # halo rows of overlap 1 before generation (same as without on one rank)
-        base = name.removesuffix("-ov1")
-        return {**parallel_options(base, size), f"pc_{base}_overlap": 1}
-    return parallel_options(name, size)
-
-
 def assemble_case(problem):  # noqa: ANN001, ANN201
     """The operator (with the near-nullspace, if any) and a fixed random right-hand side."""
     P = problem.assemble_matrix()
@@ -83,12 +71,12 @@ def run_case(P, b, pc: str, repeats: int) -> dict:  # noqa: ANN001
     from mpi4py import MPI
     from petsc4py import PETSc
 
-    from .evaluate import preconditioner_nnz
+    from .evaluate import parallel_options, preconditioner_nnz
 
     comm = P.getComm()
     opts = PETSc.Options()
     prefix = f"bench_{pc.replace('-', '_')}_"
-    pc_opts = pc_options(pc, comm.getSize())
+    pc_opts = parallel_options(pc, comm.getSize())
     full = {"ksp_type": "cg", "ksp_rtol": 1e-8, "ksp_atol": 0.0, "ksp_max_it": 20000,
             "ksp_norm_type": "unpreconditioned", **pc_opts}
     for k, v in full.items():
@@ -135,9 +123,9 @@ def load_models(families: list[str], pcs: list[str]) -> float:
     if not any("gcvae" in pc for pc in pcs):
         return 0.0
     t0 = time.perf_counter()
-    from .checkpoint import load_model
+    from .checkpoint import default_model_name, load_model
 
-    for name in sorted({"poisson" if FAMILIES[f][0] == "poisson" else "elasticity" for f in families}):
+    for name in sorted({default_model_name(1 if FAMILIES[f][0] == "poisson" else FAMILIES[f][1]) for f in families}):
         load_model(name)
     return time.perf_counter() - t0
 

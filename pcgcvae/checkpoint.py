@@ -27,6 +27,11 @@ SHIPPED_MODELS = ("poisson", "elasticity")
 REQUIRED_META = ("family", "block_sizes", "pattern_levels")
 
 
+def default_model_name(block_size: int) -> str:
+    """The shipped model that serves operators of this block size (scalar: poisson, vector: elasticity)."""
+    return "poisson" if block_size == 1 else "elasticity"
+
+
 def shipped_model_path(name: str) -> Path:
     """Path of a model shipped with the package (it may not exist)."""
     return MODEL_DIR / f"{name}.pt"

@@ -21,6 +21,12 @@ PRECONDITIONERS: dict[str, dict[str, object]] = {
     "fsai2": {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC", "pc_fsai_pattern_level": 2},
     "gcvae": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC"},
     "gcvae2": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_pattern_level": 2},
+    # K = 4 samples, the best Kaporin number wins (mean latent first)
+    "gcvae-k4": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_samples": 4,
+                 "pc_gcvae_latent": "mean"},
+    # halo rows of overlap 1 before building the local factor (the same as without on one rank)
+    "fsai-ov1": {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC", "pc_fsai_overlap": 1},
+    "gcvae-ov1": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_overlap": 1},
     "gamg": {"pc_type": "gamg"},
     # the SPAI factors as smoothers inside GAMG (Chebyshev on every level)
     "gamg-fsai-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",

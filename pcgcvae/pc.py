@@ -417,7 +417,9 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_fallback must be 'error' or 'fsai', got '{self.fallback}'")
 
     def _model_for(self, block_size: int) -> str:
-        return self.model_name or ("poisson" if block_size == 1 else "elasticity")
+        from .checkpoint import default_model_name
+
+        return self.model_name or default_model_name(block_size)
 
     def _prepare(self, P: PETSc.Mat) -> None:
         name = self._model_for(P.getBlockSize())

@@ -31,6 +31,22 @@ def laplacian_2d(m: int, comm=PETSc.COMM_WORLD, kappa_seed: int | None = None) -
     return A
 
 
+def python_ksp(A: PETSc.Mat, pc_class: str = "FSAIPC", **options) -> PETSc.KSP:
+    """CG with ``pcgcvae.<pc_class>`` on ``A``, ``options`` set under a fresh prefix (not yet set up)."""
+    prefix = f"t{np.random.randint(1 << 30)}_"
+    opts = PETSc.Options()
+    for k, v in options.items():
+        opts[prefix + k] = v
+    ksp = PETSc.KSP().create(comm=A.getComm())
+    ksp.setOptionsPrefix(prefix)
+    ksp.setType("cg")
+    ksp.getPC().setType("python")
+    ksp.getPC().setPythonType(f"pcgcvae.{pc_class}")
+    ksp.setOperators(A)
+    ksp.setFromOptions()
+    return ksp
+
+
 def dense(mat: PETSc.Mat) -> np.ndarray:
     """A sequential PETSc matrix as a dense NumPy array."""
     indptr, indices, data = mat.getValuesCSR()

@@ -6,25 +6,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import error_text, laplacian_2d
+from helpers import python_ksp as make_ksp
 from petsc4py import PETSc
 
 from pcgcvae.checkpoint import save_checkpoint
 from pcgcvae.model import GCVAE, GCVAEConfig
-
-
-def make_ksp(A: PETSc.Mat, pc_class: str = "FSAIPC", **options) -> PETSc.KSP:
-    prefix = f"err{np.random.randint(1 << 30)}_"
-    opts = PETSc.Options()
-    for k, v in options.items():
-        opts[prefix + k] = v
-    ksp = PETSc.KSP().create(comm=A.getComm())
-    ksp.setOptionsPrefix(prefix)
-    ksp.setType("cg")
-    ksp.getPC().setType("python")
-    ksp.getPC().setPythonType(f"pcgcvae.{pc_class}")
-    ksp.setOperators(A)
-    ksp.setFromOptions()
-    return ksp
 
 
 def assert_usable_after(ksp: PETSc.KSP) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import dense, laplacian_2d, random_spd
+from helpers import dense, laplacian_2d, python_ksp, random_spd
 from petsc4py import PETSc
 
 from pcgcvae.checkpoint import save_checkpoint
@@ -14,16 +14,7 @@ from pcgcvae.model import GCVAE, GCVAEConfig
 
 
 def make_pc(A: PETSc.Mat, pc_class: str, **options) -> PETSc.PC:
-    prefix = f"t{np.random.randint(1 << 30)}_"
-    opts = PETSc.Options()
-    for k, v in options.items():
-        opts[prefix + k] = v
-    pc = PETSc.PC().create(comm=A.getComm())
-    pc.setOptionsPrefix(prefix)
-    pc.setOperators(A)
-    pc.setType("python")
-    pc.setPythonType(f"pcgcvae.{pc_class}")
-    pc.setFromOptions()
+    pc = python_ksp(A, pc_class, **options).getPC()
     pc.setUp()
     return pc
 
