@@ -87,3 +87,38 @@ def write_model_card(ckpt: Path, meta: dict, history: list[dict], architecture: 
     card.write_text("\n".join(lines))
     return card
 
+
+
+def evaluate_and_record(ckpt: Path, sizes: list[int], seed: int = 1000, samples: int = 4) -> Path:
+    """Evaluate ``ckpt`` on held-out problems of its family, store the metrics in its
+    metadata and rewrite its model card (training history from ``<ckpt>.state`` if present)."""
+    import torch
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    model, info = load_checkpoint(ckpt)
+    meta = info["meta"]
+    meta["heldout"] = evaluate_heldout(ckpt, meta["family"], sizes, seed=seed, samples=samples)
+    save_checkpoint(ckpt, model, meta)
+    state = Path(f"{ckpt}.state")
+    history = torch.load(state, weights_only=False)["history"] if state.is_file() else []
+    return write_model_card(ckpt, meta, history, {**model.config.to_dict(),
+                                                  "parameters": sum(p.numel() for p in model.parameters())})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pcgcvae.heldout CKPT --sizes 48 96 192``: (re-)evaluate a checkpoint and its card."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Held-out CG evaluation of a GCVAE checkpoint (rewrites its card).")
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--sizes", type=int, nargs="+", required=True, help="held-out sizes (cells per side)")
+    ap.add_argument("--seed", type=int, default=1000, help="problem seed (train.py uses its --seed + 1000)")
+    ap.add_argument("--samples", type=int, default=4, help="K for the multi-sample evaluation")
+    args = ap.parse_args(argv)
+    card = evaluate_and_record(args.checkpoint, args.sizes, args.seed, args.samples)
+    print(card.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -256,3 +256,21 @@ def test_finetune_with_condition_term(dataset, tmp_path) -> None:
     _, info = load_checkpoint(tmp_path / "b.pt")
     assert info["meta"]["training"]["init"] == str(tmp_path / "a.pt")
     assert info["meta"]["training"]["cond_weight"] == 1.0
+
+
+def test_heldout_cli_records_metrics_and_card(tiny_poisson, tmp_path, capsys) -> None:
+    """`python -m pcgcvae.heldout CKPT --sizes ...` stores the held-out metrics in the checkpoint and its card."""
+    import shutil
+
+    from pcgcvae.heldout import main
+
+    ckpt = tmp_path / "copy.pt"
+    shutil.copy(tiny_poisson, ckpt)
+    main([str(ckpt), "--sizes", "10", "--samples", "2"])
+    meta = load_checkpoint(ckpt)[1]["meta"]
+    (row,) = meta["heldout"]["rows"]
+    assert row["size"] == 10 and row["n"] == 121 and row["gcvae"] > 0 and row["jacobi"] > row["fsai"]
+    assert len(row["sample_scores"]) == 2
+    card = ckpt.with_suffix(".md").read_text()
+    assert "Held-out" in card and "| 10 | 121 |" in card
+    assert "Held-out" in capsys.readouterr().out
