@@ -25,6 +25,7 @@ setup(
     ],
     extras_require={
         "firedrake": ["firedrake==2026.10.0"],
+        "train": ["scipy", "matplotlib", "tqdm"],
         "test": ["pytest", "ruff", "scipy", "matplotlib", "tqdm"],
     },
     entry_points={

@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--objective", choices=["kaporin", "frobenius"], default="kaporin")
     ap.add_argument("--cond-weight", type=float, default=0.0,
                     help="add this multiple of log cond(G Â Gᵀ) (graphs with <= --cond-max-n nodes)")
-    ap.add_argument("--cond-max-n", type=int, default=1200, help="largest graph the condition term is computed on")
+    ap.add_argument("--cond-max-n", type=int, default=1200,
+                    help="largest graph the condition term is computed on (dense eigenvalues up to 1200 nodes, "
+                         "sparse extremal eigenvectors above)")
     ap.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tuning)")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4, help="message-passing layers of the decoder")

@@ -242,6 +242,28 @@ def test_log_condition_matches_dense_reference(dataset) -> None:
     assert len(log_condition_per_graph(g, batch, max_n=10)) == 0  # every graph is larger: skipped
 
 
+def test_sparse_log_condition_matches_dense(dataset) -> None:
+    """Above dense_max_n the condition term uses sparse extremal eigenvectors: same value and gradient."""
+    from torch_geometric.loader import DataLoader
+
+    from pcgcvae.quality import log_condition_per_graph
+    from pcgcvae.train import load_dataset
+
+    graphs, _ = load_dataset(dataset, [1, 2])
+    batch = next(iter(DataLoader(graphs, batch_size=len(graphs))))
+    gen = torch.Generator().manual_seed(0)
+    n_s = batch.s_index.size(1)
+    g = torch.where(batch.s_diag, 0.5 + torch.rand(n_s, generator=gen, dtype=torch.float64),
+                    0.4 * torch.rand(n_s, generator=gen, dtype=torch.float64) - 0.2).requires_grad_(True)
+    dense = log_condition_per_graph(g, batch, max_n=10_000)
+    (grad_dense,) = torch.autograd.grad(dense.sum(), g)
+    sparse = log_condition_per_graph(g, batch, max_n=10_000, dense_max_n=0)
+    (grad_sparse,) = torch.autograd.grad(sparse.sum(), g)
+    assert len(sparse) == len(graphs)
+    assert torch.allclose(sparse, dense, rtol=1e-7, atol=1e-9)
+    assert float((grad_sparse - grad_dense).norm() / grad_dense.norm()) < 1e-4
+
+
 def test_finetune_with_condition_term(dataset, tmp_path) -> None:
     """--init fine-tunes a checkpoint, --cond-weight adds the logged condition term; both are recorded."""
     from pcgcvae.train import build_parser, train
