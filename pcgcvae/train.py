@@ -70,6 +70,24 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     return loss, {"loss": loss.item(), "kaporin_gap": gap.item(), "kl": kl.item(), "recon": rec.item(), **parts}
 
 
+def load_datasets(paths: list[Path], levels: list[int]) -> tuple[list, dict]:
+    """The graphs of several dataset directories and one index describing them all
+    (size range over all; the dataset seed, or the list of seeds)."""
+    graphs, indexes = [], []
+    for path in paths:
+        g, index = load_dataset(path, levels)
+        graphs += g
+        indexes.append(index)
+    if len(indexes) == 1:
+        return graphs, indexes[0]
+    families = {i["family"] for i in indexes}
+    if len(families) > 1:
+        raise ValueError(f"datasets of different families cannot be mixed: {sorted(families)}")
+    return graphs, {"family": families.pop(), "samples": [s for i in indexes for s in i["samples"]],
+                    "size_range": [min(i["size_range"][0] for i in indexes), max(i["size_range"][1] for i in indexes)],
+                    "seed": [i["seed"] for i in indexes]}
+
+
 def load_dataset(path: Path, levels: list[int]) -> tuple[list, dict]:
     """All graphs of a dataset directory (one per sample and pattern level)."""
     from .dataset import load_sample
@@ -121,7 +139,7 @@ def train(args: argparse.Namespace) -> Path:
         "cpu" if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    graphs, index = load_dataset(args.data, args.levels)
+    graphs, index = load_datasets(args.data, args.levels)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(graphs))
     n_val = max(1, len(graphs) // 10)
@@ -188,7 +206,7 @@ def train(args: argparse.Namespace) -> Path:
         "block_sizes": FAMILY_BLOCK_SIZES[args.family],
         "pattern_levels": args.levels,
         "training": {
-            "data": str(args.data), "samples": len(index["samples"]), "size_range": index["size_range"],
+            "data": " ".join(map(str, args.data)), "samples": len(index["samples"]), "size_range": index["size_range"],
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
             "dataset_seed": index["seed"], "seed": args.seed, "epochs": len(history), "lr": args.lr,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
@@ -219,7 +237,8 @@ def train(args: argparse.Namespace) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``python -m pcgcvae.train``."""
     ap = argparse.ArgumentParser(prog="python -m pcgcvae.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="dataset directory (python -m pcgcvae.dataset)")
+    ap.add_argument("--data", type=Path, nargs="+", required=True,
+                    help="dataset directories (python -m pcgcvae.dataset); several are trained on together")
     ap.add_argument("--family", choices=sorted(FAMILY_BLOCK_SIZES), required=True)
     ap.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2])

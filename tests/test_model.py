@@ -296,3 +296,19 @@ def test_heldout_cli_records_metrics_and_card(tiny_poisson, tmp_path, capsys) ->
     card = ckpt.with_suffix(".md").read_text()
     assert "Held-out" in card and "| 10 | 121 |" in card
     assert "Held-out" in capsys.readouterr().out
+
+
+def test_training_on_several_datasets(dataset, tmp_path) -> None:
+    """--data takes several dataset directories; the checkpoint records all of them."""
+    from pcgcvae.dataset import generate
+    from pcgcvae.train import build_parser, train
+
+    extra = tmp_path / "extra"
+    generate("poisson", 2, 9, 10, seed=12, out=extra, progress=False)
+    out = tmp_path / "m.pt"
+    train(build_parser().parse_args(["--data", str(dataset), str(extra), "--family", "poisson", "--hidden", "8",
+                                     "--layers", "1", "--batch-size", "4", "--quiet", "--levels", "1",
+                                     "--epochs", "1", "--out", str(out)]))
+    tr = load_checkpoint(out)[1]["meta"]["training"]
+    assert tr["samples"] == 6 and tr["size_range"] == [5, 10] and tr["dataset_seed"] == [11, 12]
+    assert tr["data"] == f"{dataset} {extra}"
