@@ -39,7 +39,7 @@ def kaporin_per_graph(g_normalised: torch.Tensor, data) -> torch.Tensor:  # noqa
 
 def _spmv(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, v: torch.Tensor,
           n: int) -> torch.Tensor:
-    out = torch.zeros((n, *v.shape[1:]), dtype=v.dtype)
+    out = torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device)
     return out.index_add_(0, rows, values.view(-1, *([1] * (v.dim() - 1))) * v[cols])
 
 
@@ -67,15 +67,17 @@ def _extremal_log_condition(gv: torch.Tensor, rows: torch.Tensor, cols: torch.Te
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
-    gd = gv.detach().double().numpy()
-    gmat = sp.csr_matrix((gd, (rows.numpy(), cols.numpy())), shape=(n, n))
-    amat = sp.csr_matrix((a_val.detach().double().numpy(), (a_rows.numpy(), a_cols.numpy())), shape=(n, n))
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy()
+
+    gmat = sp.csr_matrix((host(gv.double()), (host(rows), host(cols))), shape=(n, n))
+    amat = sp.csr_matrix((host(a_val.double()), (host(a_rows), host(a_cols))), shape=(n, n))
     amat = amat + sp.identity(n, format="csr")
     b = (gmat @ amat @ gmat.T).tocsc()
     v0 = np.ones(n)
     _, vmax = eigsh(b, k=1, which="LA", v0=v0, tol=1e-6)
     _, vmin = eigsh(b, k=1, sigma=0.0, which="LM", v0=v0, tol=1e-6)
-    vecs = torch.from_numpy(np.column_stack([vmax[:, 0], vmin[:, 0]]))
+    vecs = torch.from_numpy(np.column_stack([vmax[:, 0], vmin[:, 0]])).to(gv.device)
     w = _spmv(gv.double(), cols, rows, vecs, n)  # Gᵀ v
     lam = (w * w).sum(0) + (a_val.double()[:, None] * w[a_rows] * w[a_cols]).sum(0)  # wᵀ Â w, unit diagonal
     return torch.log(lam[0]) - torch.log(lam[1].clamp_min(1e-12))
@@ -102,9 +104,10 @@ def log_condition_per_graph(g: torch.Tensor, data, max_n: int, dense_max_n: int 
             out.append(_extremal_log_condition(g[ms], rows[ms] - lo, cols[ms] - lo, ei[1][me] - lo, ei[0][me] - lo,
                                                ea[me, 0], n))
             continue
-        a = torch.eye(n, dtype=torch.float64)
+        a = torch.eye(n, dtype=torch.float64, device=g.device)
         a[ei[1][me] - lo, ei[0][me] - lo] = ea[me, 0].double()
-        gm = torch.zeros(n, n, dtype=torch.float64).index_put((rows[ms] - lo, cols[ms] - lo), g[ms].double())
+        gm = torch.zeros(n, n, dtype=torch.float64, device=g.device)
+        gm = gm.index_put((rows[ms] - lo, cols[ms] - lo), g[ms].double())
         ev = torch.linalg.eigvalsh(gm @ a @ gm.T)
         out.append(torch.log(ev[-1]) - torch.log(ev[0].clamp_min(1e-12)))
     return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)

@@ -140,6 +140,9 @@ def train(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     graphs, index = load_datasets(args.data, args.levels)
+    if index["family"] != args.family:
+        raise ValueError(f"--family {args.family}, but the dataset holds {index['family']} problems "
+                         f"({' '.join(map(str, args.data))})")
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(graphs))
     n_val = max(1, len(graphs) // 10)
