@@ -125,6 +125,7 @@ def load_models(families: list[str], pcs: list[str]) -> float:
     t0 = time.perf_counter()
     from .checkpoint import default_model_name, load_model
 
+    # block size: 1 for Poisson, the dimension for elasticity
     for name in sorted({default_model_name(1 if FAMILIES[f][0] == "poisson" else FAMILIES[f][1]) for f in families}):
         load_model(name)
     return time.perf_counter() - t0

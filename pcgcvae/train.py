@@ -225,14 +225,10 @@ def train(args: argparse.Namespace) -> Path:
     if history:
         _plot_losses(history, Path(args.out).with_suffix(".loss.png"))
     if args.heldout:
-        from .heldout import evaluate_heldout, write_model_card
+        from .heldout import record_heldout
 
-        metrics = evaluate_heldout(Path(args.out), args.family, args.heldout, seed=args.seed + 1000,
-                                   samples=args.heldout_samples)
-        meta["heldout"] = metrics
-        save_checkpoint(args.out, model, meta)
-        write_model_card(Path(args.out), meta, history, {**model.config.to_dict(),
-                                                           "parameters": sum(p.numel() for p in model.parameters())})
+        record_heldout(Path(args.out), model, meta, history, args.heldout, seed=args.seed + 1000,
+                       samples=args.heldout_samples)
     print(f"saved {args.out}")
     return Path(args.out)
 

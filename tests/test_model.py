@@ -272,12 +272,19 @@ def test_finetune_with_condition_term(dataset, tmp_path) -> None:
               "--quiet", "--levels", "1"]
     train(build_parser().parse_args([*common, "--out", str(tmp_path / "a.pt"), "--epochs", "2"]))
     train(build_parser().parse_args([*common, "--out", str(tmp_path / "b.pt"), "--epochs", "1",
-                                     "--init", str(tmp_path / "a.pt"), "--cond-weight", "1.0"]))
+                                     "--init", str(tmp_path / "a.pt"), "--cond-weight", "1.0",
+                                     "--heldout", "8", "--heldout-samples", "1"]))
     state = torch.load(tmp_path / "b.pt.state", weights_only=False)
     assert "log_cond" in state["history"][0] and state["history"][0]["log_cond"] > 0
     _, info = load_checkpoint(tmp_path / "b.pt")
     assert info["meta"]["training"]["init"] == str(tmp_path / "a.pt")
     assert info["meta"]["training"]["cond_weight"] == 1.0
+    # --heldout on a level-1-only model: GCVAE at level 1 only (FSAI at both), recorded and in the card
+    (row,) = info["meta"]["heldout"]["rows"]
+    assert row["gcvae"] > 0 and "gcvae2" not in row and row["fsai2"] > 0
+    assert set(info["meta"]["heldout"]["summary"]) == {"gcvae/jacobi", "gcvae/fsai"}
+    assert f"| 8 | 81 | {row['jacobi']} | {row['fsai']} | {row['gcvae']} | {row['fsai2']} | - |" in (
+        (tmp_path / "b.md").read_text())
 
 
 def test_heldout_cli_records_metrics_and_card(tiny_poisson, tmp_path, capsys) -> None:
