@@ -10,25 +10,30 @@ from .evaluate import parallel_options, solve
 
 
 def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000,
-                     samples: int = 4, levels: tuple[int, ...] = (1, 2)) -> dict:
+                     samples: int = 4, levels: tuple[int, ...] = (1, 2), sizes_3d: list[int] = ()) -> dict:
     """CG iterations (rtol 1e-8) of Jacobi, FSAI at pattern levels 1 and 2, the GCVAE at
     the model's ``levels``, and the Kaporin spread over ``samples`` prior samples (at the
-    lowest of those levels), on one held-out problem per size (serial)."""
+    lowest of those levels), on one held-out problem per size (serial).
+
+    ``sizes`` are 2D problems (cells per side); ``sizes_3d`` adds 3D elasticity problems
+    (P1 cubes of about half as many cells per side, as the dataset draws them)."""
+    if sizes_3d and family != "elasticity":
+        raise ValueError(f"3D held-out problems exist for the elasticity family only, not '{family}'")
     gcvae_rows = [name for name, level in (("gcvae", 1), ("gcvae2", 2)) if level in levels]
     import firedrake as fd
 
     from .problems import build_problem, random_spec
 
     rows = []
-    for size in sizes:
+    for dim, size in [(2, s) for s in sizes] + [(3, s) for s in sizes_3d]:
         if family == "poisson":
             spec = random_spec("poisson", size, seed=seed + size, degree=1, mesh="square")
             spec.params.update(kappa="lognormal", sigma=1.5, corr=0.1)
         else:
-            spec = random_spec("elasticity", size, seed=seed + size, dim=2, degree=1, mesh="square")
+            spec = random_spec("elasticity", size, seed=seed + size, dim=dim, degree=1, mesh="square")
         problem = build_problem(spec, comm=fd.COMM_SELF)
         P = problem.assemble_matrix()
-        row = {"size": size, "n": P.getSize()[0], "spec": spec.to_dict()}
+        row = {"size": size, "dim": dim, "n": P.getSize()[0], "spec": spec.to_dict()}
         for name in ("jacobi", "fsai", "fsai2", *gcvae_rows):
             opts = parallel_options(name, 1)
             if name.startswith("gcvae"):
@@ -52,8 +57,13 @@ def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000
     return {"rows": rows, "summary": summary}
 
 
+NOTES_MARKER = "<!-- notes: kept when the card is rewritten -->"
+
+
 def write_model_card(ckpt: Path, meta: dict, history: list[dict], architecture: dict | None = None) -> Path:
-    """A markdown model card next to the checkpoint."""
+    """A markdown model card next to the checkpoint.
+
+    Hand-written notes below :data:`NOTES_MARKER` in an existing card are kept."""
     tr = meta["training"]
     arch = ", ".join(f"{k} {v}" for k, v in (architecture or {}).items())
     lines = [
@@ -78,30 +88,35 @@ def write_model_card(ckpt: Path, meta: dict, history: list[dict], architecture: 
         for r in meta["heldout"]["rows"]:
             sc = r["sample_scores"]
             spread = f"best {min(sc):.5f}, spread {max(sc) - min(sc):.1e}" if sc else "-"
-            lines.append(f"| {r['size']} | {r['n']} | {r['jacobi']} | {r['fsai']} | {r.get('gcvae', '-')} | "
+            cells = f"{r['spec']['size']}³ (3D)" if r.get("dim") == 3 else r["size"]
+            lines.append(f"| {cells} | {r['n']} | {r['jacobi']} | {r['fsai']} | {r.get('gcvae', '-')} | "
                          f"{r['fsai2']} | {r.get('gcvae2', '-')} | {r['gcvae_best_of_k']} | {spread} |")
         lines += ["", "Ratios: `" + json.dumps(meta["heldout"]["summary"]) + "`", ""]
     if history:
         lines += [f"Loss curve: `{ckpt.with_suffix('.loss.png').name}`", ""]
     card = ckpt.with_suffix(".md")
-    card.write_text("\n".join(lines))
+    old = card.read_text() if card.is_file() else ""
+    if NOTES_MARKER in old:
+        lines.append(NOTES_MARKER + old.split(NOTES_MARKER, 1)[1].rstrip("\n"))
+    card.write_text("\n".join(lines) + "\n")
     return card
 
 
 def record_heldout(ckpt: Path, model, meta: dict, history: list[dict], sizes: list[int],  # noqa: ANN001
-                   seed: int = 1000, samples: int = 4) -> Path:
+                   seed: int = 1000, samples: int = 4, sizes_3d: list[int] = ()) -> Path:
     """Evaluate the saved ``ckpt`` on held-out problems of its family, store the metrics in its
     metadata (rewriting the checkpoint of ``model``) and write its model card."""
     from .checkpoint import save_checkpoint
 
     meta["heldout"] = evaluate_heldout(ckpt, meta["family"], sizes, seed=seed, samples=samples,
-                                      levels=tuple(meta["pattern_levels"]))
+                                      levels=tuple(meta["pattern_levels"]), sizes_3d=sizes_3d)
     save_checkpoint(ckpt, model, meta)
     return write_model_card(ckpt, meta, history, {**model.config.to_dict(),
                                                   "parameters": sum(p.numel() for p in model.parameters())})
 
 
-def evaluate_and_record(ckpt: Path, sizes: list[int], seed: int = 1000, samples: int = 4) -> Path:
+def evaluate_and_record(ckpt: Path, sizes: list[int], seed: int = 1000, samples: int = 4,
+                        sizes_3d: list[int] = ()) -> Path:
     """:func:`record_heldout` for a checkpoint file (training history from ``<ckpt>.state`` if present)."""
     import torch
 
@@ -110,7 +125,7 @@ def evaluate_and_record(ckpt: Path, sizes: list[int], seed: int = 1000, samples:
     model, info = load_checkpoint(ckpt)
     state = Path(f"{ckpt}.state")
     history = torch.load(state, weights_only=False)["history"] if state.is_file() else []
-    return record_heldout(ckpt, model, info["meta"], history, sizes, seed, samples)
+    return record_heldout(ckpt, model, info["meta"], history, sizes, seed, samples, sizes_3d)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,11 +134,15 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description="Held-out CG evaluation of a GCVAE checkpoint (rewrites its card).")
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--sizes", type=int, nargs="+", required=True, help="held-out sizes (cells per side)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[], help="held-out 2D sizes (cells per side)")
+    ap.add_argument("--sizes-3d", type=int, nargs="*", default=[],
+                    help="held-out 3D elasticity sizes (dataset size argument: ~half the cells per side)")
     ap.add_argument("--seed", type=int, default=1000, help="problem seed (train.py uses its --seed + 1000)")
     ap.add_argument("--samples", type=int, default=4, help="K for the multi-sample evaluation")
     args = ap.parse_args(argv)
-    card = evaluate_and_record(args.checkpoint, args.sizes, args.seed, args.samples)
+    if not args.sizes and not args.sizes_3d:
+        ap.error("give held-out sizes: --sizes and/or --sizes-3d")
+    card = evaluate_and_record(args.checkpoint, args.sizes, args.seed, args.samples, args.sizes_3d)
     print(card.read_text())
 
 

@@ -133,6 +133,8 @@ def train(args: argparse.Namespace) -> Path:
     from torch_geometric.loader import DataLoader
     from tqdm import tqdm
 
+    if getattr(args, "heldout_3d", None) and args.family != "elasticity":
+        raise ValueError(f"--heldout-3d needs --family elasticity (3D problems), not {args.family}")
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
@@ -224,11 +226,11 @@ def train(args: argparse.Namespace) -> Path:
     save_checkpoint(args.out, model, meta)
     if history:
         _plot_losses(history, Path(args.out).with_suffix(".loss.png"))
-    if args.heldout:
+    if args.heldout or args.heldout_3d:
         from .heldout import record_heldout
 
         record_heldout(Path(args.out), model, meta, history, args.heldout, seed=args.seed + 1000,
-                       samples=args.heldout_samples)
+                       samples=args.heldout_samples, sizes_3d=args.heldout_3d)
     print(f"saved {args.out}")
     return Path(args.out)
 
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>.state")
     ap.add_argument("--heldout", type=int, nargs="*", default=[], help="held-out sizes (cells per side)")
+    ap.add_argument("--heldout-3d", type=int, nargs="*", default=[],
+                    help="held-out 3D elasticity sizes (dataset size argument: about half as many cells per side)")
     ap.add_argument("--heldout-samples", type=int, default=4, help="K for the multi-sample evaluation")
     ap.add_argument("--quiet", action="store_true")
     return ap

@@ -288,13 +288,15 @@ def test_finetune_with_condition_term(dataset, tmp_path) -> None:
 
 
 def test_heldout_cli_records_metrics_and_card(tiny_poisson, tmp_path, capsys) -> None:
-    """`python -m pcgcvae.heldout CKPT --sizes ...` stores the held-out metrics in the checkpoint and its card."""
+    """`python -m pcgcvae.heldout CKPT --sizes ...` stores the held-out metrics in the checkpoint and its card;
+    hand-written notes below the card's marker survive the rewrite."""
     import shutil
 
-    from pcgcvae.heldout import main
+    from pcgcvae.heldout import NOTES_MARKER, main
 
     ckpt = tmp_path / "copy.pt"
     shutil.copy(tiny_poisson, ckpt)
+    ckpt.with_suffix(".md").write_text(f"stale generated part\n{NOTES_MARKER}\nhow this model was made\n")
     main([str(ckpt), "--sizes", "10", "--samples", "2"])
     meta = load_checkpoint(ckpt)[1]["meta"]
     (row,) = meta["heldout"]["rows"]
@@ -302,6 +304,7 @@ def test_heldout_cli_records_metrics_and_card(tiny_poisson, tmp_path, capsys) ->
     assert len(row["sample_scores"]) == 2
     card = ckpt.with_suffix(".md").read_text()
     assert "Held-out" in card and "| 10 | 121 |" in card
+    assert "stale generated part" not in card and card.endswith(f"{NOTES_MARKER}\nhow this model was made\n")
     assert "Held-out" in capsys.readouterr().out
 
 
