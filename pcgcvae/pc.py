@@ -422,11 +422,11 @@ class GCVAEPC(SPAIFactorPC):
         return self.model_name or default_model_name(block_size)
 
     def _prepare(self, P: PETSc.Mat) -> None:
-        name = self._model_for(P.getBlockSize())
-        with self._timed("model load"):  # the first time also imports torch and torch_geometric
+        with self._timed("model load"):  # the first time also imports torch and torch_geometric (seconds)
             from .checkpoint import load_model
             from .graph import build_graph  # noqa: F401
 
+            name = self._model_for(P.getBlockSize())
             self.model, self.model_info = load_model(name)
         meta = self.model_info["meta"]
         bs = P.getBlockSize()
