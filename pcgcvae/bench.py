@@ -125,8 +125,10 @@ def load_models(families: list[str], pcs: list[str]) -> float:
     t0 = time.perf_counter()
     from .checkpoint import default_model_name, load_model
 
+    roles = ["krylov"] + (["smoother"] if "gamg-gcvae-smoother" in pcs else [])
     # block size: 1 for Poisson, the dimension for elasticity
-    for name in sorted({default_model_name(1 if FAMILIES[f][0] == "poisson" else FAMILIES[f][1]) for f in families}):
+    block_sizes = {1 if FAMILIES[f][0] == "poisson" else FAMILIES[f][1] for f in families}
+    for name in sorted({default_model_name(bs, role) for bs in block_sizes for role in roles}):
         load_model(name)
     return time.perf_counter() - t0
 

@@ -23,13 +23,24 @@ from .model import GCVAE, GCVAEConfig
 FORMAT = "pcgcvae-gcvae-checkpoint"
 FORMAT_VERSION = 1
 MODEL_DIR = Path(__file__).parent / "models"
-SHIPPED_MODELS = ("poisson", "elasticity")
+SHIPPED_MODELS = ("poisson", "poisson-smoother", "elasticity")
+ROLES = ("krylov", "smoother")
 REQUIRED_META = ("family", "block_sizes", "pattern_levels")
 
 
-def default_model_name(block_size: int) -> str:
-    """The shipped model that serves operators of this block size (scalar: poisson, vector: elasticity)."""
-    return "poisson" if block_size == 1 else "elasticity"
+def default_model_name(block_size: int, role: str = "krylov") -> str:
+    """The shipped model that serves operators of this block size in this role.
+
+    ``krylov`` (the preconditioner of CG): ``poisson`` (fine-tuned on the condition number) for scalar
+    operators, ``elasticity`` for vector ones.  ``smoother`` (inside multigrid): ``poisson-smoother``
+    (trained on the Kaporin number alone, which keeps diag(GAGᵀ) = 1 like FSAI and damps the
+    high-frequency end better) for scalar operators, ``elasticity`` (Kaporin-trained) for vector ones.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown model role '{role}' ({', '.join(ROLES)})")
+    if block_size == 1:
+        return "poisson" if role == "krylov" else "poisson-smoother"
+    return "elasticity"
 
 
 def shipped_model_path(name: str) -> Path:

@@ -32,8 +32,10 @@ PRECONDITIONERS: dict[str, dict[str, object]] = {
     "gamg-fsai-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
                            "mg_levels_pc_python_type": "pcgcvae.FSAIPC"},
     # 3D elasticity's coarse GAMG levels have block size 6, which no model knows: FSAI there (said in -ksp_view)
+    # role smoother: the Kaporin-trained model for scalar operators (see checkpoint.default_model_name)
     "gamg-gcvae-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
-                            "mg_levels_pc_python_type": "pcgcvae.GCVAEPC", "mg_levels_pc_gcvae_fallback": "fsai"},
+                            "mg_levels_pc_python_type": "pcgcvae.GCVAEPC", "mg_levels_pc_gcvae_fallback": "fsai",
+                            "mg_levels_pc_gcvae_role": "smoother"},
 }
 
 

@@ -382,7 +382,10 @@ class GCVAEPC(SPAIFactorPC):
     ``-pc_gcvae_overlap``, ``-pc_gcvae_fallback error|fsai`` (what to do with
     an operator whose block size the model was not trained for, e.g. the
     block-size-6 coarse levels of GAMG on 3D elasticity: refuse, the
-    default, or build classical FSAI on it and say so in ``view``).
+    default, or build classical FSAI on it and say so in ``view``),
+    ``-pc_gcvae_role krylov|smoother`` (which shipped model serves by default:
+    the one tuned for CG, or the one for multigrid smoothing; see
+    :func:`pcgcvae.checkpoint.default_model_name`).
     """
 
     options_stem = "pc_gcvae_"
@@ -395,6 +398,7 @@ class GCVAEPC(SPAIFactorPC):
         self.latent = "mean"
         self.seed = 0
         self.fallback = "error"
+        self.role = "krylov"
         self.fallback_reason = ""
         self.model = None
         self.model_info: dict = {}
@@ -406,6 +410,7 @@ class GCVAEPC(SPAIFactorPC):
         self.latent = opts.getString(stem + "latent", self.latent)
         self.seed = opts.getInt(stem + "seed", self.seed)
         self.fallback = opts.getString(stem + "fallback", self.fallback)
+        self.role = opts.getString(stem + "role", self.role)
 
     def _validate_options(self) -> None:
         super()._validate_options()
@@ -415,11 +420,13 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_latent must be 'mean' or 'sample', got '{self.latent}'")
         if self.fallback not in ("error", "fsai"):
             raise OptionError(f"-pc_gcvae_fallback must be 'error' or 'fsai', got '{self.fallback}'")
+        if self.role not in ("krylov", "smoother"):
+            raise OptionError(f"-pc_gcvae_role must be 'krylov' or 'smoother', got '{self.role}'")
 
     def _model_for(self, block_size: int) -> str:
         from .checkpoint import default_model_name
 
-        return self.model_name or default_model_name(block_size)
+        return self.model_name or default_model_name(block_size, self.role)
 
     def _prepare(self, P: PETSc.Mat) -> None:
         with self._timed("model load"):  # the first time also imports torch and torch_geometric (seconds)
@@ -490,7 +497,7 @@ class GCVAEPC(SPAIFactorPC):
         lines = [
             f"model '{self._model_for(self.stats.get('block_size', 1))}'"
             f" (family: {meta.get('family', 'not loaded')}, block sizes {meta.get('block_sizes', '?')})",
-            f"samples {self.samples} ({self.latent} latent first), seed {self.seed}",
+            f"samples {self.samples} ({self.latent} latent first), seed {self.seed}, role {self.role}",
         ]
         if self.fallback_reason:
             lines.append(f"FALLBACK: classical FSAI, not the GCVAE, built this factor: {self.fallback_reason}")
