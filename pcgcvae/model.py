@@ -79,8 +79,9 @@ class EdgeConditionedConv(MessagePassing):
         m = torch.zeros_like(a)
         for start in range(0, src.numel(), INFERENCE_CHUNK):
             sl = slice(start, start + INFERENCE_CHUNK)
-            t = a[dst[sl]]  # the message silu(a_i + b_j + c_ji), in place
-            t += b[src[sl]]
+            # the message silu(a_i + b_j + c_ji), in place; index_select: a far faster row gather than a[idx]
+            t = a.index_select(0, dst[sl])
+            t += b.index_select(0, src[sl])
             t += self.lin_e(edge_attr[sl])
             m.index_add_(0, dst[sl], torch.nn.functional.silu(t, inplace=True))
         del a, b
@@ -147,7 +148,7 @@ class FactorHead(nn.Module):
         outs = []
         for start in range(0, s_index.size(1), max(step, 1)):
             sl = slice(start, start + step)
-            t = torch.nn.functional.silu(a[i[sl]] + b[j[sl]] + self.lin_s(s_attr[sl]))
+            t = torch.nn.functional.silu(a.index_select(0, i[sl]) + b.index_select(0, j[sl]) + self.lin_s(s_attr[sl]))
             outs.append(self.out(t).squeeze(-1))
         out = torch.cat(outs) if outs else torch.zeros(0)
         return torch.where(s_diag, torch.exp(out.clamp(-20.0, 20.0)), out)
