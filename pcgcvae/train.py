@@ -133,7 +133,7 @@ def train(args: argparse.Namespace) -> Path:
     from torch_geometric.loader import DataLoader
     from tqdm import tqdm
 
-    if getattr(args, "heldout_3d", None) and args.family != "elasticity":
+    if args.heldout_3d and args.family != "elasticity":
         raise ValueError(f"--heldout-3d needs --family elasticity (3D problems), not {args.family}")
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)

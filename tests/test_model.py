@@ -322,6 +322,10 @@ def test_training_on_several_datasets(dataset, tmp_path) -> None:
     tr = load_checkpoint(out)[1]["meta"]["training"]
     assert tr["samples"] == 6 and tr["size_range"] == [5, 10] and tr["dataset_seed"] == [11, 12]
     assert tr["data"] == f"{dataset} {extra}"
+    with pytest.raises(ValueError, match="--heldout-3d needs --family elasticity"):  # refused before training
+        train(build_parser().parse_args(["--data", str(dataset), "--family", "poisson", "--heldout-3d", "8",
+                                         "--quiet", "--out", str(tmp_path / "h.pt")]))
+    assert not (tmp_path / "h.pt.state").exists()
     with pytest.raises(ValueError, match="--family elasticity, but the dataset holds poisson"):
         train(build_parser().parse_args(["--data", str(dataset), "--family", "elasticity", "--epochs", "1",
                                          "--quiet", "--out", str(tmp_path / "e.pt")]))
