@@ -4,7 +4,8 @@
         --size-min 8 --size-max 24 --seed 0 --out data/poisson
 
 writes ``index.json`` (specs and per-sample summary) and one compressed
-``.npz`` per sample holding the scaled operator Â (CSR), the block size, and
+``.npz`` per sample holding the scaled operator Â (CSR) in the local ordering
+the preconditioner will use (``--ordering``, :mod:`pcgcvae.ordering`), the block size, and
 for every pattern level the pattern S, Â² on S (level > 1), the FSAI factor
 on S (the target the encoder sees) and its Kaporin score.  The same seed
 gives the same files.
@@ -22,18 +23,21 @@ import numpy as np
 
 from .csr import CSR, check_operator, scale_symmetric
 from .fsai import fsai_values, kaporin_score
+from .ordering import DEFAULT_ORDERING, ORDERINGS
 
 LEVELS = (1, 2)
 DEFAULT_THRESHOLD = 0.02
 
 
 def prepare_sample(a: CSR, block_size: int, levels: tuple[int, ...] = LEVELS,
-                   threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
-    """Arrays of one training sample from an (unscaled) SPD matrix ``a``."""
+                   threshold: float = DEFAULT_THRESHOLD, ordering: str = DEFAULT_ORDERING) -> dict[str, np.ndarray]:
+    """Arrays of one training sample from an (unscaled) SPD matrix ``a``, reordered by ``ordering``."""
+    from .ordering import local_permutation, permute
     from .pattern import factor_pattern
     from .petsc_csr import csr_to_mat
 
     check_operator(a)
+    a = permute(a, local_permutation(a, ordering, block_size))
     ahat, _ = scale_symmetric(a)
     ahat_mat = csr_to_mat(ahat)
     out = {
@@ -71,7 +75,7 @@ def load_sample(path: Path, level: int, triplets: bool = True):  # noqa: ANN201
 
 
 def generate(family: str, count: int, size_min: int, size_max: int, seed: int, out: Path,
-             progress: bool = True, dim: int | None = None) -> list[dict]:
+             progress: bool = True, dim: int | None = None, ordering: str = DEFAULT_ORDERING) -> list[dict]:
     """Generate ``count`` samples of ``family`` into ``out`` (serial)."""
     import firedrake as fd
     from tqdm import tqdm
@@ -88,14 +92,14 @@ def generate(family: str, count: int, size_min: int, size_max: int, seed: int, o
         spec = random_spec(family, size, seed=int(rng.integers(2**31)), dim=dim)
         problem = build_problem(spec, comm=fd.COMM_SELF)
         P = problem.assemble_matrix()
-        arrays = prepare_sample(mat_to_csr(P), problem.block_size)
+        arrays = prepare_sample(mat_to_csr(P), problem.block_size, ordering=ordering)
         name = f"{i:05d}.npz"
         np.savez_compressed(out / name, **arrays)
         index.append({"file": name, "spec": spec.to_dict(), "n": int(len(arrays["indptr"]) - 1),
                       "block_size": problem.block_size,
                       "fsai_score": {str(lv): float(arrays[f"s{lv}_score"]) for lv in LEVELS}})
     meta = {"family": family, "count": count, "size_range": [size_min, size_max], "seed": seed,
-            "levels": list(LEVELS), "threshold": DEFAULT_THRESHOLD,
+            "levels": list(LEVELS), "threshold": DEFAULT_THRESHOLD, "ordering": ordering,
             "seconds": round(time.perf_counter() - t0, 1), "samples": index}
     (out / "index.json").write_text(json.dumps(meta, indent=1))
     return index
@@ -109,12 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size-max", type=int, default=24, help="cells per side, largest")
     ap.add_argument("--dim", type=int, choices=[2, 3], default=None, help="elasticity: fix the dimension")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ordering", choices=ORDERINGS, default=DEFAULT_ORDERING,
+                    help="local ordering before the pattern is taken (the preconditioner's -pc_gcvae_ordering)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc as options: keep ours out of its database
     index = generate(args.family, args.count, args.size_min, args.size_max, args.seed, args.out,
-                     progress=not args.quiet, dim=args.dim)
+                     progress=not args.quiet, dim=args.dim, ordering=args.ordering)
     sizes = [s["n"] for s in index]
     print(f"wrote {len(index)} {args.family} samples to {args.out} (n from {min(sizes)} to {max(sizes)})")
 

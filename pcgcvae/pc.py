@@ -12,7 +12,8 @@ M = Gᵀ G with two mat-vecs::
 Options (with the PC's prefix): ``-pc_gcvae_model``, ``-pc_gcvae_samples``,
 ``-pc_gcvae_latent mean|sample``, ``-pc_gcvae_seed``,
 ``-pc_gcvae_pattern_level``, ``-pc_gcvae_pattern_threshold``,
-``-pc_gcvae_overlap`` (``-pc_fsai_*`` for the pattern and overlap of FSAIPC).
+``-pc_gcvae_overlap``, ``-pc_gcvae_ordering`` (``-pc_fsai_*`` for the pattern,
+overlap and ordering of FSAIPC).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from petsc4py import PETSc
 from .csr import CSR, check_operator, scale_symmetric
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .fsai import fsai_values, kaporin_score
+from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
-_STAGES = ("local block", "model load", "scale", "pattern", "graph", "inference", "selection", "fsai", "assembly",
-           "total")
+_STAGES = ("local block", "model load", "ordering", "scale", "pattern", "graph", "inference", "selection", "fsai",
+           "assembly", "total")
 
 
 def _event(name: str) -> PETSc.Log.Event:
@@ -72,12 +74,14 @@ class SPAIFactorPC:
         self.pattern_level = 1
         self.pattern_threshold = 0.02
         self.overlap = 0
+        self.ordering = ""  # "": the subclass's default (see _ordering)
         self.G: PETSc.Mat | None = None
         self.GT: PETSc.Mat | None = None
         self._work: PETSc.Vec | None = None
         self._structure: tuple[np.ndarray, np.ndarray] | None = None
         self._pattern_cache: dict = {}
         self._overlap_cache: dict = {}
+        self._ordering_cache: dict = {}
         self.stats: dict = {}
         self.times: dict[str, float] = {}
         self._apply_event = _event(self.name + "Apply")
@@ -93,6 +97,7 @@ class SPAIFactorPC:
         self.pattern_level = opts.getInt(stem + "pattern_level", self.pattern_level)
         self.pattern_threshold = opts.getReal(stem + "pattern_threshold", self.pattern_threshold)
         self.overlap = opts.getInt(stem + "overlap", self.overlap)
+        self.ordering = opts.getString(stem + "ordering", self.ordering)
         self._read_options(opts)
         self._validate_options()
 
@@ -106,6 +111,12 @@ class SPAIFactorPC:
             raise OptionError(f"-{self.options_stem}pattern_threshold must be >= 0, got {self.pattern_threshold}")
         if self.overlap < 0:
             raise OptionError(f"-{self.options_stem}overlap must be >= 0, got {self.overlap}")
+        if self.ordering:
+            check_ordering(self.ordering, f"-{self.options_stem}ordering")
+
+    def _ordering(self) -> str:
+        """The local ordering in effect: the option, else the subclass's default."""
+        return self.ordering or DEFAULT_ORDERING
 
     def setUp(self, pc: PETSc.PC) -> None:
         try:
@@ -118,6 +129,7 @@ class SPAIFactorPC:
         self._destroy_factor()
         self._pattern_cache.clear()
         self._overlap_cache.clear()
+        self._ordering_cache.clear()
 
     def destroy(self, pc: PETSc.PC) -> None:
         self.reset(pc)
@@ -149,7 +161,8 @@ class SPAIFactorPC:
     # -- views and stats ----------------------------------------------------
     def _view_lines(self) -> list[str]:
         lines = [
-            f"pattern level {self.pattern_level} (threshold {self.pattern_threshold:g}), overlap {self.overlap}",
+            f"pattern level {self.pattern_level} (threshold {self.pattern_threshold:g}), overlap {self.overlap}, "
+            f"local ordering {self._ordering()}",
         ]
         if self.G is None:
             lines.append("not set up")
@@ -233,6 +246,40 @@ class SPAIFactorPC:
         owned = np.flatnonzero((idx >= rstart) & (idx < rend))
         return _LocalBlock(mat_to_csr(cache["submats"][0]), idx, owned)
 
+    def _reordered(self, block: _LocalBlock, block_size: int) -> tuple[_LocalBlock, bool]:
+        """The block in the local ordering (the permutation is reused while the structure is the same).
+
+        Only the owned rows are reordered; halo rows of an overlapped block keep their
+        places before (lower ranks) and after (higher ranks) them.  So G stays triangular
+        in one global order -- the ranks in turn, each in its own ordering -- and is
+        nonsingular with any overlap.  Row ``i`` of the result is row ``perm[i]`` of
+        ``block``; its ``owned`` rows stay in the order of the assembled factor's rows."""
+        ordering = self._ordering()
+        cache = self._ordering_cache
+        same = (
+            cache.get("key") == (ordering, block_size)
+            and np.array_equal(cache["indptr"], block.csr.indptr)
+            and np.array_equal(cache["indices"], block.csr.indices)
+        )
+        if not same:
+            cache.clear()
+            perm = None
+            if len(block.owned):
+                first, count = int(block.owned[0]), len(block.owned)  # owned rows are contiguous
+                own = block.csr.take_rows(block.owned)
+                own = own.select((own.indices >= first) & (own.indices < first + count))
+                own.indices -= first
+                inner = local_permutation(own, ordering, block_size)
+                if inner is not None:
+                    n = block.csr.n
+                    perm = np.concatenate([np.arange(first), first + inner, np.arange(first + count, n)])
+            cache.update(key=(ordering, block_size), indptr=block.csr.indptr.copy(),
+                         indices=block.csr.indices.copy(), perm=perm)
+        perm = cache["perm"]
+        if perm is None:
+            return block, False
+        return _LocalBlock(permute(block.csr, perm), block.global_index[perm], inverse(perm)[block.owned]), True
+
     def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray, PETSc.Mat]:
         check_operator(block.csr, block.global_index)
         ahat, dinv = scale_symmetric(block.csr)
@@ -269,6 +316,8 @@ class SPAIFactorPC:
 
     def _local_factor(self, P: PETSc.Mat, block: _LocalBlock) -> tuple[CSR, dict]:
         """Owned rows of G = Ĝ D^-1/2 with global column indices, plus stats."""
+        with self._timed("ordering", self.name + "Ordering"):
+            block, reordered = self._reordered(block, P.getBlockSize())
         with self._timed("scale"):
             ahat, dinv, ahat_mat = self._scaled_operator(block)
         with self._timed("pattern", self.name + "Pattern"):
@@ -280,7 +329,11 @@ class SPAIFactorPC:
         if not (np.all(np.isfinite(g_own)) and np.all(diag > 0)):
             raise PCGCVAEError(f"{self.name}: the generated factor has non-finite values or a non-positive diagonal")
         values = g_own * dinv[own.indices]
-        factor = CSR(own.indptr, block.global_index[own.indices], values)
+        columns = block.global_index[own.indices]
+        if reordered:  # relabelled columns: sort every row again (M = GᵀG is unchanged)
+            order = np.lexsort((columns, own.rows()))
+            columns, values = columns[order], values[order]
+        factor = CSR(own.indptr, columns, values)
         rows_a = block.csr.take_rows(block.owned)
         tril_a = int(np.count_nonzero(rows_a.indices <= np.repeat(block.owned, np.diff(rows_a.indptr))))
         stats = {"n": own.n, "nnz_G": own.nnz, "nnz_trilA": tril_a, "sum_log_diag": float(np.sum(np.log(diag)))}
@@ -358,7 +411,8 @@ class FSAIPC(SPAIFactorPC):
     """Classical FSAI: the exact Kaporin minimiser on the chosen pattern.
 
     ``-pc_type python -pc_python_type pcgcvae.FSAIPC``; options
-    ``-pc_fsai_pattern_level``, ``-pc_fsai_pattern_threshold``, ``-pc_fsai_overlap``.
+    ``-pc_fsai_pattern_level``, ``-pc_fsai_pattern_threshold``, ``-pc_fsai_overlap``,
+    ``-pc_fsai_ordering`` (``natural``, ``nd`` -- the default --, ``rcm``, ``qmd``, ``1wd``).
     """
 
     options_stem = "pc_fsai_"
@@ -379,7 +433,8 @@ class GCVAEPC(SPAIFactorPC):
     Kaporin score), ``-pc_gcvae_latent mean|sample`` (with ``mean`` the first
     candidate is the prior mean), ``-pc_gcvae_seed``,
     ``-pc_gcvae_pattern_level``, ``-pc_gcvae_pattern_threshold``,
-    ``-pc_gcvae_overlap``, ``-pc_gcvae_fallback error|fsai`` (what to do with
+    ``-pc_gcvae_overlap``, ``-pc_gcvae_ordering`` (the local ordering before the pattern
+    is taken; default: the one the model was trained with), ``-pc_gcvae_fallback error|fsai`` (what to do with
     an operator whose block size the model was not trained for, e.g. the
     block-size-6 coarse levels of GAMG on 3D elasticity: refuse, the
     default, or build classical FSAI on it and say so in ``view``),
@@ -422,6 +477,14 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_fallback must be 'error' or 'fsai', got '{self.fallback}'")
         if self.role not in ("krylov", "smoother"):
             raise OptionError(f"-pc_gcvae_role must be 'krylov' or 'smoother', got '{self.role}'")
+
+    def _ordering(self) -> str:
+        """The option, else the ordering the model was trained with (natural for models that predate orderings)."""
+        if self.ordering:
+            return self.ordering
+        if not self.model_info:
+            return "the model's"
+        return self.model_info["meta"].get("ordering", "natural")
 
     def _model_for(self, block_size: int) -> str:
         from .checkpoint import default_model_name

@@ -329,3 +329,20 @@ def test_training_on_several_datasets(dataset, tmp_path) -> None:
     with pytest.raises(ValueError, match="--family elasticity, but the dataset holds poisson"):
         train(build_parser().parse_args(["--data", str(dataset), "--family", "elasticity", "--epochs", "1",
                                          "--quiet", "--out", str(tmp_path / "e.pt")]))
+
+
+def test_datasets_record_their_ordering(dataset, tmp_path) -> None:
+    """Samples are stored in the local ordering the PC will use; orderings are never mixed."""
+    from pcgcvae.dataset import generate
+    from pcgcvae.train import build_parser, train
+
+    assert json.loads((dataset / "index.json").read_text())["ordering"] == "nd"
+    other = tmp_path / "natural"
+    generate("poisson", 2, 5, 6, seed=13, out=other, progress=False, ordering="natural")
+    with pytest.raises(ValueError, match="different local orderings"):
+        train(build_parser().parse_args(["--data", str(dataset), str(other), "--family", "poisson",
+                                         "--quiet", "--out", str(tmp_path / "m.pt")]))
+    out = tmp_path / "n.pt"
+    train(build_parser().parse_args(["--data", str(other), "--family", "poisson", "--hidden", "8", "--layers", "1",
+                                     "--levels", "1", "--epochs", "1", "--quiet", "--out", str(out)]))
+    assert load_checkpoint(out)[1]["meta"]["ordering"] == "natural"

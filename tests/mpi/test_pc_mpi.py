@@ -30,9 +30,11 @@ def few_rows_laplacian(m: int) -> PETSc.Mat:
 
 def test_fsai_overlap_is_rank_independent(comm) -> None:
     A = laplacian_2d(20, kappa_seed=0)
-    serial = cg_iterations(laplacian_2d(20, comm=PETSc.COMM_SELF, kappa_seed=0), parallel_options("fsai", 1))
-    block = cg_iterations(A, parallel_options("fsai", comm.size))
-    ov = cg_iterations(A, {**parallel_options("fsai", comm.size), "pc_fsai_overlap": 1})
+    natural = {"pc_fsai_ordering": "natural"}  # the serial factor's order (see the nd test below)
+    serial = cg_iterations(laplacian_2d(20, comm=PETSc.COMM_SELF, kappa_seed=0),
+                           {**parallel_options("fsai", 1), **natural})
+    block = cg_iterations(A, {**parallel_options("fsai", comm.size), **natural})
+    ov = cg_iterations(A, {**parallel_options("fsai", comm.size), "pc_fsai_overlap": 1, **natural})
     assert ov <= serial + 1  # level 1 with overlap 1 reproduces the serial factor
     assert ov <= block
 
@@ -116,12 +118,13 @@ def test_gamg_with_spai_smoothers(comm, tiny_poisson) -> None:
 
 
 def test_apply_matches_serial_factor_with_overlap(comm) -> None:
-    """FSAI level 1 with overlap 1: the parallel M equals the serial M."""
+    """FSAI level 1 with overlap 1: the parallel M equals the serial M (in the natural order)."""
     m = 9
     A = laplacian_2d(m, kappa_seed=3)
     As = laplacian_2d(m, comm=PETSc.COMM_SELF, kappa_seed=3)
     pcs = []
-    for mat, opts in ((A, {"pc_fsai_overlap": 1}), (As, {})):
+    natural = {"pc_fsai_ordering": "natural"}
+    for mat, opts in ((A, {"pc_fsai_overlap": 1, **natural}), (As, natural)):
         pc = PETSc.PC().create(comm=mat.getComm())
         prefix = f"ov{len(pcs)}_"
         for k, v in opts.items():
@@ -208,3 +211,53 @@ def test_overlap_with_new_matrix_of_other_pattern(comm) -> None:
     ksp.solve(b, x)
     assert ksp.getConvergedReason() > 0
     assert abs(ksp.getIterationNumber() - fresh) <= 2
+
+
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_nd_ordering_per_rank_is_one_global_order(comm, overlap: int) -> None:
+    """Every rank orders its owned rows by nested dissection, halo rows keep their places:
+    the parallel M equals the serial natural-order M of the matrix permuted to that global
+    order (ranks in turn, each in its own order) -- exactly with overlap 1 at level 1."""
+    from pcgcvae.ordering import local_permutation
+    from pcgcvae.petsc_csr import mat_to_csr
+
+    m = 11
+    A = laplacian_2d(m, kappa_seed=5)
+    As = laplacian_2d(m, comm=PETSc.COMM_SELF, kappa_seed=5)
+    lo, hi = A.getOwnershipRange()
+    local = lo + local_permutation(mat_to_csr(A.getDiagonalBlock()), "nd")
+    gperm = np.concatenate(comm.allgather(local))
+    iset = PETSc.IS().createGeneral(gperm.astype(PETSc.IntType), comm=PETSc.COMM_SELF)
+    Ap = As.permute(iset, iset)
+    opts = {"pc_fsai_overlap": overlap, "pc_fsai_ordering": "nd"}
+    y = _fsai_apply(A, np.arange(m * m), opts)
+    ys = _fsai_apply(Ap, gperm, {"pc_fsai_ordering": "natural"})
+    full = np.empty(m * m)
+    full[gperm] = ys  # back to A's numbering
+    if overlap:
+        assert np.allclose(y, full[lo:hi], rtol=1e-12, atol=1e-14)
+    its = cg_iterations(A, {**parallel_options("fsai", comm.size), **opts})
+    assert its < cg_iterations(A, {"pc_type": "jacobi"})
+
+
+def _fsai_apply(mat: PETSc.Mat, order: np.ndarray, opts: dict) -> np.ndarray:
+    """M x for x = a fixed random vector over the global rows, listed in ``order``."""
+    pc = PETSc.PC().create(comm=mat.getComm())
+    prefix = f"nd{mat.getComm().getSize()}_"
+    for k, v in opts.items():
+        PETSc.Options()[prefix + k] = v
+    pc.setOptionsPrefix(prefix)
+    pc.setOperators(mat)
+    pc.setType("python")
+    pc.setPythonType("pcgcvae.FSAIPC")
+    pc.setFromOptions()
+    pc.setUp()
+    x, y = mat.createVecs()
+    lo, hi = x.getOwnershipRange()
+    x.array[:] = np.random.default_rng(0).standard_normal(len(order))[order][lo:hi]
+    pc.apply(x, y)
+    out = y.array.copy()
+    for k in opts:
+        PETSc.Options().delValue(prefix + k)
+    pc.destroy()
+    return out
