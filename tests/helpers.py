@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +46,35 @@ def python_ksp(A: PETSc.Mat, pc_class: str = "FSAIPC", **options) -> PETSc.KSP:
     ksp.setOperators(A)
     ksp.setFromOptions()
     return ksp
+
+
+_apply_calls = itertools.count()
+
+
+def apply_python_pc(mat: PETSc.Mat, x_global: np.ndarray, pc_class: str = "FSAIPC", **options) -> np.ndarray:
+    """This rank's part of M x for ``pcgcvae.<pc_class>`` set up on ``mat`` with ``options``
+    (``x_global``: the whole vector, the same on every rank)."""
+    prefix = f"apply{next(_apply_calls)}_"  # the same on every rank (each rank makes the same calls)
+    opts = PETSc.Options()
+    for k, v in options.items():
+        opts[prefix + k] = v
+    pc = PETSc.PC().create(comm=mat.getComm())
+    try:
+        pc.setOptionsPrefix(prefix)
+        pc.setOperators(mat)
+        pc.setType("python")
+        pc.setPythonType(f"pcgcvae.{pc_class}")
+        pc.setFromOptions()
+        pc.setUp()
+        x, y = mat.createVecs()
+        lo, hi = x.getOwnershipRange()
+        x.array[:] = x_global[lo:hi]
+        pc.apply(x, y)
+        return y.array.copy()
+    finally:
+        pc.destroy()
+        for k in options:
+            opts.delValue(prefix + k)
 
 
 def dense(mat: PETSc.Mat) -> np.ndarray:

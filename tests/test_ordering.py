@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import cg_iterations, dense, error_text, laplacian_2d
+from helpers import apply_python_pc, cg_iterations, dense, error_text, laplacian_2d
 from petsc4py import PETSc
 
 from pcgcvae.evaluate import parallel_options
@@ -47,27 +47,6 @@ def test_permute_is_symmetric_indexing() -> None:
     assert np.array_equal(inverse(perm)[perm], np.arange(a.n))
 
 
-def _apply(A: PETSc.Mat, x: np.ndarray, **options) -> np.ndarray:
-    pc = PETSc.PC().create(comm=PETSc.COMM_SELF)
-    prefix = f"ord{np.random.randint(1 << 30)}_"
-    for k, v in options.items():
-        PETSc.Options()[prefix + k] = v
-    pc.setOptionsPrefix(prefix)
-    pc.setOperators(A)
-    pc.setType("python")
-    pc.setPythonType("pcgcvae.FSAIPC")
-    pc.setFromOptions()
-    pc.setUp()
-    xv, yv = A.createVecs()
-    xv.array[:] = x
-    pc.apply(xv, yv)
-    out = yv.array.copy()
-    for k in options:
-        PETSc.Options().delValue(prefix + k)
-    pc.destroy()
-    return out
-
-
 @pytest.mark.parametrize("level", [1, 2])
 def test_factor_in_an_ordering_is_the_permuted_factor(level: int) -> None:
     """M built with -pc_fsai_ordering nd equals Pᵀ M(P A Pᵀ) P of the natural-order factor."""
@@ -77,10 +56,10 @@ def test_factor_in_an_ordering_is_the_permuted_factor(level: int) -> None:
     Ap = A.permute(iset, iset)
     Ap.setBlockSize(2)
     x = np.random.default_rng(0).standard_normal(A.getSize()[0])
-    y = _apply(A, x, pc_fsai_ordering="nd", pc_fsai_pattern_level=level)
-    yp = _apply(Ap, x[perm], pc_fsai_ordering="natural", pc_fsai_pattern_level=level)
+    y = apply_python_pc(A, x, pc_fsai_ordering="nd", pc_fsai_pattern_level=level)
+    yp = apply_python_pc(Ap, x[perm], pc_fsai_ordering="natural", pc_fsai_pattern_level=level)
     assert np.allclose(y[perm], yp, rtol=1e-12, atol=1e-13)
-    assert not np.allclose(y, _apply(A, x, pc_fsai_ordering="natural", pc_fsai_pattern_level=level))
+    assert not np.allclose(y, apply_python_pc(A, x, pc_fsai_ordering="natural", pc_fsai_pattern_level=level))
 
 
 def test_nested_dissection_beats_firedrake_order_on_lognormal_poisson() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import cg_iterations, laplacian_2d
+from helpers import apply_python_pc, cg_iterations, laplacian_2d
 from petsc4py import PETSc
 
 from pcgcvae.evaluate import parallel_options
@@ -122,32 +122,12 @@ def test_apply_matches_serial_factor_with_overlap(comm) -> None:
     m = 9
     A = laplacian_2d(m, kappa_seed=3)
     As = laplacian_2d(m, comm=PETSc.COMM_SELF, kappa_seed=3)
-    pcs = []
     natural = {"pc_fsai_ordering": "natural"}
-    for mat, opts in ((A, {"pc_fsai_overlap": 1, **natural}), (As, natural)):
-        pc = PETSc.PC().create(comm=mat.getComm())
-        prefix = f"ov{len(pcs)}_"
-        for k, v in opts.items():
-            PETSc.Options()[prefix + k] = v
-        pc.setOptionsPrefix(prefix)
-        pc.setOperators(mat)
-        pc.setType("python")
-        pc.setPythonType("pcgcvae.FSAIPC")
-        pc.setFromOptions()
-        pc.setUp()
-        pcs.append(pc)
-    x = A.createVecRight()
-    rng = np.random.default_rng(0)
-    full = rng.standard_normal(m * m)
-    lo, hi = x.getOwnershipRange()
-    x.array[:] = full[lo:hi]
-    y = x.duplicate()
-    pcs[0].apply(x, y)
-    xs = As.createVecRight()
-    xs.array[:] = full
-    ys = xs.duplicate()
-    pcs[1].apply(xs, ys)
-    assert np.allclose(y.array, ys.array[lo:hi], rtol=1e-12, atol=1e-14)
+    full = np.random.default_rng(0).standard_normal(m * m)
+    y = apply_python_pc(A, full, pc_fsai_overlap=1, **natural)
+    ys = apply_python_pc(As, full, **natural)
+    lo, hi = A.getOwnershipRange()
+    assert np.allclose(y, ys[lo:hi], rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("overlap", [0, 1])
@@ -230,8 +210,9 @@ def test_nd_ordering_per_rank_is_one_global_order(comm, overlap: int) -> None:
     iset = PETSc.IS().createGeneral(gperm.astype(PETSc.IntType), comm=PETSc.COMM_SELF)
     Ap = As.permute(iset, iset)
     opts = {"pc_fsai_overlap": overlap, "pc_fsai_ordering": "nd"}
-    y = _fsai_apply(A, np.arange(m * m), opts)
-    ys = _fsai_apply(Ap, gperm, {"pc_fsai_ordering": "natural"})
+    x = np.random.default_rng(0).standard_normal(m * m)
+    y = apply_python_pc(A, x, **opts)
+    ys = apply_python_pc(Ap, x[gperm], pc_fsai_ordering="natural")
     full = np.empty(m * m)
     full[gperm] = ys  # back to A's numbering
     if overlap:
@@ -239,25 +220,3 @@ def test_nd_ordering_per_rank_is_one_global_order(comm, overlap: int) -> None:
     its = cg_iterations(A, {**parallel_options("fsai", comm.size), **opts})
     assert its < cg_iterations(A, {"pc_type": "jacobi"})
 
-
-def _fsai_apply(mat: PETSc.Mat, order: np.ndarray, opts: dict) -> np.ndarray:
-    """M x for x = a fixed random vector over the global rows, listed in ``order``."""
-    pc = PETSc.PC().create(comm=mat.getComm())
-    prefix = f"nd{mat.getComm().getSize()}_"
-    for k, v in opts.items():
-        PETSc.Options()[prefix + k] = v
-    pc.setOptionsPrefix(prefix)
-    pc.setOperators(mat)
-    pc.setType("python")
-    pc.setPythonType("pcgcvae.FSAIPC")
-    pc.setFromOptions()
-    pc.setUp()
-    x, y = mat.createVecs()
-    lo, hi = x.getOwnershipRange()
-    x.array[:] = np.random.default_rng(0).standard_normal(len(order))[order][lo:hi]
-    pc.apply(x, y)
-    out = y.array.copy()
-    for k in opts:
-        PETSc.Options().delValue(prefix + k)
-    pc.destroy()
-    return out
