@@ -65,13 +65,14 @@ def local_permutation(a: CSR, ordering: str, block_size: int = 1) -> np.ndarray 
 
 
 def permute(a: CSR, perm: np.ndarray | None) -> CSR:
-    """``a[perm][:, perm]`` (with PETSc ``MatPermute``); ``a`` itself when ``perm`` is None."""
+    """``a[perm][:, perm]`` (PETSc ``MatCreateSubMatrix`` with the permutation as both index
+    sets); ``a`` itself when ``perm`` is None."""
     if perm is None:
         return a
     mat = csr_to_mat(a)
     iset = PETSc.IS().createGeneral(perm.astype(PETSc.IntType), comm=PETSc.COMM_SELF)
     try:
-        out = mat.permute(iset, iset)
+        out = mat.createSubMatrix(iset, iset)
         try:
             return mat_to_csr(out)
         finally:

@@ -331,7 +331,7 @@ class SPAIFactorPC:
         values = g_own * dinv[own.indices]
         columns = block.global_index[own.indices]
         if reordered:  # relabelled columns: sort every row again (M = GᵀG is unchanged)
-            order = np.lexsort((columns, own.rows()))
+            order = np.argsort(own.rows() * P.getSize()[1] + columns, kind="stable")  # rows stay grouped
             columns, values = columns[order], values[order]
         factor = CSR(own.indptr, columns, values)
         rows_a = block.csr.take_rows(block.owned)

@@ -6,6 +6,7 @@
 * apply cost: time of one PC apply / one MatMult with A (median of blocks of 50);
 * setup time per nonzero of A at each size (GCVAE and FSAI, pattern level 1; the second
   setup of the process, the first also imports torch and loads the model);
+* the setup's stages (ordering, scaling, pattern, graph, inference, ...; seconds, max over ranks);
 * peak resident memory after setup (this process; run one size per process
   for a clean figure);
 * overlap: CG iterations with overlap 1 on this many ranks (compare the
@@ -74,6 +75,7 @@ def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
         setup = setups[1]
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         pc = ksp.getPC()
+        stages = pc.getPythonContext().stats.get("times", {}) if pc.getType() == "python" else {}
         x, y = P.createVecs()
         x.setRandom()
         t_apply = _median_time(lambda: pc.apply(x, y))  # noqa: B023
@@ -83,7 +85,7 @@ def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
                      "first_setup_s": round(setups[0], 4), "setup_s": round(setup, 4),
                      "setup_us_per_nnz": round(1e6 * setup / nnz, 4), "peak_rss_before_mb": round(rss0, 1),
                      "apply_over_matmult": round(t_apply / t_mult, 3), "peak_rss_mb": round(peak, 1),
-                     "iterations": r.iterations})
+                     "iterations": r.iterations, "stages_s": {k: round(v, 4) for k, v in stages.items()}})
         ksp.destroy()
     fd.PETSc.Sys.Print(json.dumps(rows))
     return rows
