@@ -58,16 +58,18 @@ def test_elasticity_3d_block_size_3(tiny_elasticity) -> None:
 
 
 def test_shipped_poisson_model_beats_fsai_on_held_out_problem() -> None:
-    """The shipped poisson model on an unseen log-normal Poisson problem (2401 dofs, 4.5x the training
-    median): fewer CG iterations than classical FSAI on the same pattern, at both pattern levels
-    (85 vs 90 and 59 vs 63 when this test was written)."""
+    """The shipped poisson model on an unseen log-normal Poisson problem (9409 dofs, 18x the training
+    median): fewer CG iterations than classical FSAI on the same pattern (same ordering) at both pattern
+    levels, and the issue's targets of 0.5x / 0.35x Jacobi (167 vs 174 and 122 vs 124, Jacobi 358, when
+    this test was written)."""
     from pcgcvae.checkpoint import shipped_model_path
     from pcgcvae.heldout import evaluate_heldout
 
-    (row,) = evaluate_heldout(shipped_model_path("poisson"), "poisson", [48], samples=1)["rows"]
-    assert row["n"] == 2401
+    result = evaluate_heldout(shipped_model_path("poisson"), "poisson", [96], samples=1)
+    (row,) = result["rows"]
+    assert row["n"] == 9409 and result["ordering"] == "nd"
     assert row["gcvae"] < row["fsai"] and row["gcvae2"] < row["fsai2"]
-    assert row["gcvae"] <= 0.52 * row["jacobi"] and row["gcvae2"] <= 0.36 * row["jacobi"]
+    assert row["gcvae"] <= 0.5 * row["jacobi"] and row["gcvae2"] <= 0.35 * row["jacobi"]
 
 
 def test_shipped_elasticity_model_on_held_out_3d_problem() -> None:
