@@ -40,15 +40,23 @@ def its(out: str) -> int:
 
 
 def test_ex2_with_fsai_and_gcvae(ex2: Path, tiny_poisson) -> None:
+    """ex2 (5-point Laplacian on a 20 x 20 grid in lexicographic order) uses our PCs from C.
+
+    On lexicographic finite-difference grids the matrix's own order beats nested dissection
+    (README, "Why an ordering": here FSAI needs 36 iterations in the natural order and 40 after
+    nested dissection, the shipped GCVAE 37 and 43, Jacobi 41), so the iteration comparison runs with ``-pc_*_ordering natural``; the default
+    ordering must converge to the same accuracy."""
     jac = its(run_ex2(ex2, "-pc_type", "jacobi"))
-    out = run_ex2(ex2, "-pc_type", "python", "-pc_python_type", "pcgcvae.FSAIPC")
+    out = run_ex2(ex2, "-pc_type", "python", "-pc_python_type", "pcgcvae.FSAIPC", "-pc_fsai_ordering", "natural")
     assert its(out) < jac
-    out = run_ex2(ex2, "-pc_type", "python", "-pc_python_type", "pcgcvae.GCVAEPC",
-                  "-pc_gcvae_model", str(tiny_poisson), "-ksp_view")
-    assert its(out) < jac
-    assert "GCVAE" in out and "fill ratio" in out
-    norm = re.search(r"Norm of error ([\d.e+-]+)", out)
-    assert norm and float(norm.group(1)) < 1e-4
+    for ordering in ("natural", "nd"):
+        out = run_ex2(ex2, "-pc_type", "python", "-pc_python_type", "pcgcvae.GCVAEPC",
+                      "-pc_gcvae_model", str(tiny_poisson), "-pc_gcvae_ordering", ordering, "-ksp_view")
+        if ordering == "natural":
+            assert its(out) < jac
+        assert "GCVAE" in out and "fill ratio" in out and f"local ordering {ordering}" in out
+        norm = re.search(r"Norm of error ([\d.e+-]+)", out)
+        assert norm and float(norm.group(1)) < 1e-4
 
 
 def test_ex2_bad_checkpoint_is_a_petsc_error(ex2: Path, tmp_path) -> None:
