@@ -264,7 +264,7 @@ class SPAIFactorPC:
         if not same:
             cache.clear()
             perm = None
-            if len(block.owned):
+            if ordering != "natural" and len(block.owned):
                 first, count = int(block.owned[0]), len(block.owned)  # owned rows are contiguous
                 own = block.csr.take_rows(block.owned)
                 own = own.select((own.indices >= first) & (own.indices < first + count))
