@@ -44,8 +44,8 @@ def test_ex2_with_fsai_and_gcvae(ex2: Path, tiny_poisson) -> None:
 
     On lexicographic finite-difference grids the matrix's own order beats nested dissection
     (README, "Why an ordering": here FSAI needs 36 iterations in the natural order and 40 after
-    nested dissection, the shipped GCVAE 37 and 43, Jacobi 41), so the iteration comparison runs with ``-pc_*_ordering natural``; the default
-    ordering must converge to the same accuracy."""
+    nested dissection, the shipped GCVAE 37 and 43, Jacobi 41), so the iteration comparison runs
+    with ``-pc_*_ordering natural``; the default ordering must converge to the same accuracy."""
     jac = its(run_ex2(ex2, "-pc_type", "jacobi"))
     out = run_ex2(ex2, "-pc_type", "python", "-pc_python_type", "pcgcvae.FSAIPC", "-pc_fsai_ordering", "natural")
     assert its(out) < jac

@@ -11,6 +11,8 @@ from petsc4py import PETSc
 
 from pcgcvae.checkpoint import save_checkpoint
 from pcgcvae.model import GCVAE, GCVAEConfig
+from pcgcvae.ordering import local_permutation
+from pcgcvae.petsc_csr import mat_to_csr
 
 
 def make_pc(A: PETSc.Mat, pc_class: str, **options) -> PETSc.PC:
@@ -35,25 +37,45 @@ def fsai_dense_reference(A: np.ndarray, level: int = 1) -> np.ndarray:
     return G
 
 
+def local_order(A: PETSc.Mat, ordering: str) -> np.ndarray:
+    """The PC's permutation of a serial matrix (the identity for natural)."""
+    perm = local_permutation(mat_to_csr(A), ordering, A.getBlockSize())
+    return np.arange(A.getSize()[0]) if perm is None else perm
+
+
+def reference_in_order(A: PETSc.Mat, ordering: str, level: int = 1) -> np.ndarray:
+    """The dense FSAI reference built on P A Pᵀ, relabelled back to A's numbering."""
+    perm = local_order(A, ordering)
+    ref = np.zeros((len(perm), len(perm)))
+    ref[np.ix_(perm, perm)] = fsai_dense_reference(dense(A)[np.ix_(perm, perm)], level)
+    return ref
+
+
+@pytest.mark.parametrize("ordering", ["natural", "nd"])
 @pytest.mark.parametrize("seed", range(4))
-def test_fsai_matches_dense_reference(seed: int) -> None:
+def test_fsai_matches_dense_reference(seed: int, ordering: str) -> None:
     A = random_spd(40, 0.08, seed)
-    G = factor_dense(make_pc(A, "FSAIPC"))
-    assert np.allclose(G, fsai_dense_reference(dense(A)), rtol=1e-10, atol=1e-12)
+    G = factor_dense(make_pc(A, "FSAIPC", pc_fsai_ordering=ordering))
+    assert np.allclose(G, reference_in_order(A, ordering), rtol=1e-10, atol=1e-12)
 
 
-def test_fsai_level2_matches_dense_reference() -> None:
+@pytest.mark.parametrize("ordering", ["natural", "nd"])
+def test_fsai_level2_matches_dense_reference(ordering: str) -> None:
     A = laplacian_2d(6, comm=PETSc.COMM_SELF, kappa_seed=1)
-    G = factor_dense(make_pc(A, "FSAIPC", pc_fsai_pattern_level=2, pc_fsai_pattern_threshold=0.0))
-    assert np.allclose(G, fsai_dense_reference(dense(A), level=2), rtol=1e-10, atol=1e-12)
+    G = factor_dense(make_pc(A, "FSAIPC", pc_fsai_pattern_level=2, pc_fsai_pattern_threshold=0.0,
+                             pc_fsai_ordering=ordering))
+    assert np.allclose(G, reference_in_order(A, ordering, level=2), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_factor_spd_for_random_spd_inputs(seed: int, tiny_poisson) -> None:
+    """G is lower triangular in the PC's ordering (nd: FSAIPC's default and the tiny model's)."""
     A = random_spd(50, 0.1, seed)
+    perm = local_order(A, "nd")
     for cls, opts in (("FSAIPC", {}), ("GCVAEPC", {"pc_gcvae_model": str(tiny_poisson)})):
         G = factor_dense(make_pc(A, cls, **opts))
-        assert np.allclose(G, np.tril(G))
+        Gp = G[np.ix_(perm, perm)]
+        assert np.allclose(Gp, np.tril(Gp))
         assert G.diagonal().min() > 0
         M = G.T @ G
         assert np.allclose(M, M.T)
