@@ -23,7 +23,7 @@ import numpy as np
 
 from .csr import CSR, check_operator, scale_symmetric
 from .fsai import fsai_values, kaporin_score
-from .ordering import DEFAULT_ORDERING, ORDERINGS
+from .ordering import DEFAULT_ORDERING, ORDERINGS, local_permutation, permute
 
 LEVELS = (1, 2)
 DEFAULT_THRESHOLD = 0.02
@@ -32,7 +32,6 @@ DEFAULT_THRESHOLD = 0.02
 def prepare_sample(a: CSR, block_size: int, levels: tuple[int, ...] = LEVELS,
                    threshold: float = DEFAULT_THRESHOLD, ordering: str = DEFAULT_ORDERING) -> dict[str, np.ndarray]:
     """Arrays of one training sample from an (unscaled) SPD matrix ``a``, reordered by ``ordering``."""
-    from .ordering import local_permutation, permute
     from .pattern import factor_pattern
     from .petsc_csr import csr_to_mat
 

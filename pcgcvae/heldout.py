@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .evaluate import parallel_options, solve
+from .ordering import recorded_ordering
 
 
 def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000,
@@ -26,7 +27,7 @@ def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000
     from .checkpoint import load_model
     from .problems import build_problem, random_spec
 
-    ordering = load_model(str(ckpt))[1]["meta"].get("ordering", "natural")
+    ordering = recorded_ordering(load_model(str(ckpt))[1]["meta"])
 
     rows = []
     for dim, size in [(2, s) for s in sizes] + [(3, s) for s in sizes_3d]:
@@ -87,7 +88,7 @@ def write_model_card(ckpt: Path, meta: dict, history: list[dict], architecture: 
         "",
     ]
     if "heldout" in meta:
-        ordering = meta["heldout"].get("ordering", "natural")
+        ordering = recorded_ordering(meta["heldout"])
         lines += ["## Held-out problems (CG, rtol 1e-8, serial)", "",
                   f"Local ordering `{ordering}` (`-pc_gcvae_ordering`; FSAI in the same ordering: the same pattern).",
                   "",

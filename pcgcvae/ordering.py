@@ -17,15 +17,20 @@ on the permuted block is mapped back by relabelling its rows and columns.
 from __future__ import annotations
 
 import numpy as np
-from petsc4py import PETSc
 
 from .csr import CSR
 from .errors import OptionError
-from .petsc_csr import csr_to_mat, mat_to_csr
 
 #: ``natural`` keeps the given order; the others are PETSc MatOrderingType names.
 ORDERINGS = ("natural", "nd", "rcm", "qmd", "1wd")
 DEFAULT_ORDERING = "nd"
+#: what a dataset index or checkpoint from before orderings existed was built in
+UNRECORDED_ORDERING = "natural"
+
+
+def recorded_ordering(record: dict) -> str:
+    """The ``ordering`` of a dataset index or checkpoint metadata (``natural`` if it predates orderings)."""
+    return record.get("ordering", UNRECORDED_ORDERING)
 
 
 def check_ordering(ordering: str, option: str = "ordering") -> None:
@@ -51,6 +56,8 @@ def local_permutation(a: CSR, ordering: str, block_size: int = 1) -> np.ndarray 
     check_ordering(ordering)
     if ordering == "natural" or a.n == 0:
         return None
+    from .petsc_csr import csr_to_mat  # PETSc only here: the constants above serve PETSc-free training code
+
     graph = csr_to_mat(node_graph(a, block_size))
     try:
         rperm, cperm = graph.getOrdering(ordering)
@@ -69,6 +76,10 @@ def permute(a: CSR, perm: np.ndarray | None) -> CSR:
     sets); ``a`` itself when ``perm`` is None."""
     if perm is None:
         return a
+    from petsc4py import PETSc
+
+    from .petsc_csr import csr_to_mat, mat_to_csr
+
     mat = csr_to_mat(a)
     iset = PETSc.IS().createGeneral(perm.astype(PETSc.IntType), comm=PETSc.COMM_SELF)
     try:

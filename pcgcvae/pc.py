@@ -29,7 +29,7 @@ from petsc4py import PETSc
 from .csr import CSR, check_operator, scale_symmetric
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .fsai import fsai_values, kaporin_score
-from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute
+from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
 
@@ -479,12 +479,13 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_role must be 'krylov' or 'smoother', got '{self.role}'")
 
     def _ordering(self) -> str:
-        """The option, else the ordering the model was trained with (natural for models that predate orderings)."""
+        """The option, else the ordering the model was trained with (natural for models that predate
+        orderings); before the model is loaded (a view before setup) the words "the model's"."""
         if self.ordering:
             return self.ordering
         if not self.model_info:
             return "the model's"
-        return self.model_info["meta"].get("ordering", "natural")
+        return recorded_ordering(self.model_info["meta"])
 
     def _model_for(self, block_size: int) -> str:
         from .checkpoint import default_model_name

@@ -26,6 +26,7 @@ import torch
 from ._version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GCVAE, GCVAEConfig, kl_divergence
+from .ordering import recorded_ordering
 from .quality import frobenius_per_node, kaporin_per_graph, log_condition_per_graph, normalise_rows
 
 FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
@@ -83,18 +84,13 @@ def load_datasets(paths: list[Path], levels: list[int]) -> tuple[list, dict]:
     families = {i["family"] for i in indexes}
     if len(families) > 1:
         raise ValueError(f"datasets of different families cannot be mixed: {sorted(families)}")
-    orderings = {dataset_ordering(i) for i in indexes}
+    orderings = {recorded_ordering(i) for i in indexes}
     if len(orderings) > 1:
         raise ValueError(f"datasets of different local orderings cannot be mixed: {sorted(orderings)}")
     return graphs, {"family": families.pop(), "ordering": orderings.pop(),
                     "samples": [s for i in indexes for s in i["samples"]],
                     "size_range": [min(i["size_range"][0] for i in indexes), max(i["size_range"][1] for i in indexes)],
                     "seed": [i["seed"] for i in indexes]}
-
-
-def dataset_ordering(index: dict) -> str:
-    """The local ordering a dataset was generated with (datasets before orderings existed: natural)."""
-    return index.get("ordering", "natural")
 
 
 def load_dataset(path: Path, levels: list[int]) -> tuple[list, dict]:
@@ -219,7 +215,7 @@ def train(args: argparse.Namespace) -> Path:
         "family": args.family,
         "block_sizes": FAMILY_BLOCK_SIZES[args.family],
         "pattern_levels": args.levels,
-        "ordering": dataset_ordering(index),
+        "ordering": recorded_ordering(index),
         "training": {
             "data": " ".join(map(str, args.data)), "samples": len(index["samples"]), "size_range": index["size_range"],
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
