@@ -14,19 +14,20 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pcgcvae", "pcgcvae.*"]),
-    package_data={"pcgcvae": ["models/*.pt", "models/*.md"]},
+    package_data={"pcgcvae": ["models/*.npz", "models/*.pt", "models/*.md"]},
     python_requires=">=3.10",
+    # the run time (the preconditioners, torch-free inference of the .npz models)
     install_requires=[
         "numpy",
+        "scipy",
         "petsc4py==3.26.0",
         "mpi4py",
-        "torch==2.13.0",
-        "torch_geometric>=2.8,<2.9",
     ],
     extras_require={
         "firedrake": ["firedrake==2026.10.0"],
-        "train": ["scipy", "matplotlib", "tqdm"],
-        "test": ["pytest", "ruff", "scipy", "matplotlib", "tqdm"],
+        # training, evaluation, .pt checkpoints and their export (python -m pcgcvae.export)
+        "train": ["torch==2.13.0", "torch_geometric>=2.8,<2.9", "matplotlib", "tqdm"],
+        "test": ["pytest", "ruff", "torch==2.13.0", "torch_geometric>=2.8,<2.9", "matplotlib", "tqdm"],
     },
     entry_points={
         "console_scripts": [

@@ -4,6 +4,7 @@
     python -m pcgcvae.bench                         # 10^3..10^5 dofs
     python -m pcgcvae.bench --large                 # adds ~10^6 dofs
     python -m pcgcvae.bench --large-only --families poisson-p1 --pcs jacobi gcvae ...  # just ~10^6
+    python -m pcgcvae.bench --suite foreign [--quick]   # problems no model trains on (pcgcvae.foreign)
 
 For every problem family, size, rank count and preconditioner it records CG
 iterations (rtol 1e-8), setup and solve seconds (medians over ``--repeats``
@@ -115,7 +116,7 @@ def run_case(P, b, pc: str, repeats: int) -> dict:  # noqa: ANN001
 
 
 def load_models(families: list[str], pcs: list[str]) -> float:
-    """Import torch and load the shipped models the GCVAE rows will use; returns the seconds it took.
+    """Load the shipped models (exported weights, no torch) the GCVAE rows will use; returns the seconds.
 
     Done once per process before any timing, so every GCVAE setup is timed the same way
     (this one-time cost is reported separately).
@@ -123,13 +124,14 @@ def load_models(families: list[str], pcs: list[str]) -> float:
     if not any("gcvae" in pc for pc in pcs):
         return 0.0
     t0 = time.perf_counter()
-    from .checkpoint import default_model_name, load_model
+    from .inference import load_inference_model
+    from .models_registry import default_model_name
 
     roles = ["krylov"] + (["smoother"] if "gamg-gcvae-smoother" in pcs else [])
     # block size: 1 for Poisson, the dimension for elasticity
     block_sizes = {1 if FAMILIES[f][0] == "poisson" else FAMILIES[f][1] for f in families}
     for name in sorted({default_model_name(bs, role) for bs in block_sizes for role in roles}):
-        load_model(name)
+        load_inference_model(name)
     return time.perf_counter() - t0
 
 
@@ -264,6 +266,9 @@ def summarise(rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pcgcvae.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", choices=["default", "foreign"], default="default",
+                    help="default: the training families at growing sizes; foreign: problems no model trains on "
+                         "(python -m pcgcvae.bench --suite foreign --help)")
     ap.add_argument("--quick", action="store_true", help="small sizes only (minutes)")
     ap.add_argument("--large", action="store_true", help="add the ~10^6-dof sizes")
     ap.add_argument("--large-only", action="store_true", help="only the ~10^6-dof sizes")
@@ -277,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    suite = argparse.ArgumentParser(add_help=False)
+    suite.add_argument("--suite", choices=["default", "foreign"], default="default")
+    if suite.parse_known_args(argv)[0].suite == "foreign":
+        from .foreign import main as foreign_main
+
+        foreign_main(argv)
+        return
     args = build_parser().parse_args(argv)
     sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc as options
     if args.worker_out is not None:

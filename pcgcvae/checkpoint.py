@@ -4,7 +4,10 @@ A checkpoint is a ``torch.save`` dictionary with plain metadata (format tag
 and version, package version, architecture, training family, supported block
 sizes and pattern levels, training settings, held-out metrics) and the
 model's ``state_dict``.  Loading needs only torch and torch_geometric and
-refuses anything it cannot trust, with a message that says why.
+refuses anything it cannot trust, with a message that says why.  The run time
+reads the torch-free export of a checkpoint instead (:mod:`pcgcvae.export`,
+:mod:`pcgcvae.inference`); the shipped-model names live in the torch-free
+:mod:`pcgcvae.models_registry` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,52 +22,32 @@ import torch
 from ._version import __version__
 from .errors import CheckpointError
 from .model import GCVAE, GCVAEConfig
+from .models_registry import MODEL_DIR, ROLES, SHIPPED_MODELS, default_model_name, shipped_model_path
+from .models_registry import resolve_model as _resolve
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MODEL_DIR",
+    "REQUIRED_META",
+    "ROLES",
+    "SHIPPED_MODELS",
+    "default_model_name",
+    "load_checkpoint",
+    "load_model",
+    "resolve_model",
+    "save_checkpoint",
+    "shipped_model_path",
+]
 
 FORMAT = "pcgcvae-gcvae-checkpoint"
 FORMAT_VERSION = 1
-MODEL_DIR = Path(__file__).parent / "models"
-SHIPPED_MODELS = ("poisson", "poisson-smoother", "elasticity")
-ROLES = ("krylov", "smoother")
 REQUIRED_META = ("family", "block_sizes", "pattern_levels")
 
 
-def default_model_name(block_size: int, role: str = "krylov") -> str:
-    """The shipped model that serves operators of this block size in this role.
-
-    ``krylov`` (the preconditioner of CG): ``poisson`` (fine-tuned on the condition number) for scalar
-    operators, ``elasticity`` for vector ones.  ``smoother`` (inside multigrid): ``poisson-smoother``
-    (trained on the Kaporin number alone, which keeps diag(GAGᵀ) = 1 like FSAI and damps the
-    high-frequency end better) for scalar operators, ``elasticity`` (Kaporin-trained) for vector ones.
-    """
-    if role not in ROLES:
-        raise ValueError(f"unknown model role '{role}' ({', '.join(ROLES)})")
-    if block_size == 1:
-        return "poisson" if role == "krylov" else "poisson-smoother"
-    return "elasticity"
-
-
-def shipped_model_path(name: str) -> Path:
-    """Path of a model shipped with the package (it may not exist)."""
-    return MODEL_DIR / f"{name}.pt"
-
-
 def resolve_model(name_or_path: str) -> Path:
-    """A shipped model name (``poisson``, ``elasticity``) or a file path."""
-    if name_or_path in SHIPPED_MODELS:
-        path = shipped_model_path(name_or_path)
-        if not path.is_file():
-            raise CheckpointError(
-                f"the shipped model '{name_or_path}' is not installed ({path} is missing); "
-                "train it with 'python -m pcgcvae.train' or give a checkpoint path"
-            )
-        return path
-    path = Path(os.path.expanduser(name_or_path))
-    if not path.is_file():
-        raise CheckpointError(
-            f"no GCVAE checkpoint at '{name_or_path}': not a file, and not one of the "
-            f"shipped models {', '.join(SHIPPED_MODELS)}"
-        )
-    return path
+    """A shipped model name (``poisson``, ``elasticity``) or a file path (a shipped name: its ``.pt``)."""
+    return _resolve(name_or_path, (".pt",))
 
 
 def save_checkpoint(path: str | os.PathLike, model: GCVAE, meta: dict[str, Any]) -> None:

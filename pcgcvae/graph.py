@@ -1,9 +1,10 @@
-"""The matrix graph the GCVAE reads: nodes are dofs, edges are the nonzeros
-of the scaled operator Â plus the (symmetrised) factor pattern S.
+"""The matrix graph the GCVAE reads, as a ``torch_geometric.data.Data`` subclass
+so that many of them batch together (training).
 
-Every feature is a cheap, local, scale-free quantity, so one model serves any
-mesh size and any scaling of the operator.  The graph is a
-``torch_geometric.data.Data`` subclass so that many of them batch together.
+The features themselves are computed with NumPy only by
+:func:`pcgcvae.features.build_arrays` (nodes are dofs, edges are the nonzeros of the
+scaled operator Â plus the symmetrised factor pattern S; see that module);
+:func:`build_graph` wraps those arrays into tensors without copying them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,28 @@ import torch
 from torch_geometric.data import Data
 
 from .csr import CSR
+from .features import (
+    EDGE_FEATURES,
+    NODE_FEATURES,
+    PATTERN_FEATURES,
+    TARGET_EDGE_FEATURES,
+    TARGET_NODE_FEATURES,
+    GraphArrays,
+    build_arrays,
+)
 
-NODE_FEATURES = 9
-EDGE_FEATURES = 6
-PATTERN_FEATURES = 5
-TARGET_NODE_FEATURES = 1
-TARGET_EDGE_FEATURES = 1
+__all__ = [
+    "EDGE_FEATURES",
+    "NODE_FEATURES",
+    "PATTERN_FEATURES",
+    "TARGET_EDGE_FEATURES",
+    "TARGET_NODE_FEATURES",
+    "FactorGraph",
+    "GraphArrays",
+    "build_arrays",
+    "build_graph",
+    "row_triplets",
+]
 
 
 class FactorGraph(Data):
@@ -44,40 +61,6 @@ class FactorGraph(Data):
         return super().__cat_dim__(key, value, *args, **kwargs)
 
 
-def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
-    """Message edges (2, E) = (source j, target i) over the off-diagonal entries of
-    pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order, and Â's value on each (0 if absent)."""
-    n = a.n
-    akeys = a.keys()
-    skeys = s.keys()
-    if len(np.setdiff1d(skeys, akeys, assume_unique=True)) == 0:
-        off = a.rows() != a.indices  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's
-        keys = akeys[off]
-        aval = a.data[off]
-    else:
-        rs, cs = s.rows(), s.indices
-        keys = np.sort(np.concatenate([akeys, skeys, cs * n + rs]))  # (np.unique hashes: slower here)
-        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-        keys = keys[(keys // n) != (keys % n)]
-        aval = None
-    edges = np.empty((2, len(keys)), dtype=np.int64)
-    np.remainder(keys, n, out=edges[0])
-    np.floor_divide(keys, n, out=edges[1])
-    del keys
-    if aval is None:
-        aval = a.lookup(edges[1], edges[0])
-    return edges, aval
-
-
-def _columns(n: int, columns: list) -> torch.Tensor:
-    """A float32 (n, len(columns)) tensor filled column by column (no float64 copy of the whole)."""
-    out = torch.empty((n, len(columns)), dtype=torch.float32)
-    view = out.numpy()
-    for k, col in enumerate(columns):
-        view[:, k] = col() if callable(col) else col
-    return out
-
-
 def build_graph(
     a: CSR,
     s: CSR,
@@ -92,57 +75,18 @@ def build_graph(
     ``a2_on_s``: values of Â² on S (used as a feature on entries of S that
     are not in A); ``target``: training target on S; ``triplets``: attach the
     index triplets needed by :func:`pcgcvae.quality.normalise_rows`.
-    Features are written straight into float32 tensors, one column at a time,
-    to keep the peak memory of large graphs low.
+    The features are :func:`pcgcvae.features.build_arrays`'s float32 arrays, shared
+    with the tensors (no copy).
     """
-    n = a.n
-    rows_a = a.rows()
-    off = rows_a != a.indices
-    deg = np.bincount(rows_a[off], minlength=n)
-    rs = s.rows()
-    s_off = rs != s.indices
-    comp = np.zeros((n, 3))
-    if block_size > 1:
-        comp[np.arange(n), np.arange(n) % block_size] = 1.0
-    x = _columns(n, [
-        lambda: np.bincount(rows_a, weights=a.data, minlength=n),  # row sum of Â
-        lambda: np.bincount(rows_a, weights=np.abs(a.data) * off, minlength=n),  # off-diagonal mass
-        lambda: np.bincount(rs[s_off], minlength=n) / 8.0,
-        lambda: np.bincount(s.indices[s_off], minlength=n) / 8.0,
-        deg / 8.0,
-        deg == 0,  # Dirichlet/identity row
-        comp[:, 0], comp[:, 1], comp[:, 2],
-    ])
-
-    edges, aval = _union_offdiag_edges(a, s)
-    sj, ti = edges
-    in_a = aval != 0
-
-    def a2_column() -> np.ndarray:
-        if a2_on_s is None:
-            return 0.0
-        lo, hi = np.minimum(ti, sj), np.maximum(ti, sj)
-        return s.with_data(a2_on_s).lookup(hi, lo) * (~in_a)
-
-    edge_attr = _columns(len(aval), [aval, lambda: np.abs(aval), in_a, lambda: sj < ti, lambda: sj > ti, a2_column])
-
-    s_aval = a.lookup(rs, s.indices)
-    s_diag = ~s_off
-    s_attr = _columns(s.nnz, [
-        s_aval * s_off, lambda: np.abs(s_aval) * s_off, s_aval != 0,
-        0.0 if a2_on_s is None else a2_on_s * (s_aval == 0), s_diag,
-    ])
-    s_index = np.empty((2, s.nnz), dtype=np.int64)
-    s_index[0], s_index[1] = rs, s.indices
-
+    arrays = build_arrays(a, s, a2_on_s=a2_on_s, block_size=block_size)
     g = FactorGraph(
-        x=x,
-        edge_index=torch.from_numpy(edges),
-        edge_attr=edge_attr,
-        s_index=torch.from_numpy(s_index),
-        s_attr=s_attr,
-        s_diag=torch.from_numpy(s_diag),
-        num_nodes=n,
+        x=torch.from_numpy(arrays.x),
+        edge_index=torch.from_numpy(arrays.edge_index),
+        edge_attr=torch.from_numpy(arrays.edge_attr),
+        s_index=torch.from_numpy(arrays.s_index),
+        s_attr=torch.from_numpy(arrays.s_attr),
+        s_diag=torch.from_numpy(arrays.s_diag),
+        num_nodes=arrays.num_nodes,
     )
     if target is not None:
         g.target = torch.from_numpy(np.asarray(target)).float()

@@ -176,7 +176,7 @@ class GCVAE(nn.Module):
     def prior_params(self, data: FactorGraph) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z | A), per node."""
         if not self.config.conditional_prior:
-            z = torch.zeros(data.num_nodes, self.config.latent, device=data.x.device)
+            z = torch.zeros(data.num_nodes, self.config.latent, device=data.x.device, dtype=data.x.dtype)
             return z, z
         return self.prior_head(self.prior(data.x, data.edge_index, data.edge_attr))
 

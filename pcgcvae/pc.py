@@ -28,14 +28,19 @@ from petsc4py import PETSc
 
 from .csr import CSR, check_operator, scale_symmetric
 from .errors import OperatorError, OptionError, PCGCVAEError
+from .features import build_arrays
 from .fsai import fsai_values, kaporin_score
+from .guard import DEFAULT_FRACTION, DEFAULT_THRESHOLD, combine, local_sample
+from .inference import load_inference_model
+from .models_registry import default_model_name
 from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
+from .symmetry import check_local, check_parallel
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
-_STAGES = ("local block", "model load", "ordering", "scale", "pattern", "graph", "inference", "selection", "fsai",
-           "assembly", "total")
+_STAGES = ("local block", "model load", "ordering", "scale", "symmetry check", "pattern", "graph", "inference",
+           "selection", "guard", "fsai", "assembly", "total")
 
 
 def _event(name: str) -> PETSc.Log.Event:
@@ -60,6 +65,31 @@ class _LocalBlock:
         self.owned = owned
 
 
+class _LocalProblem:
+    """What the factor values are computed from, on one rank: the block in the local
+    ordering, the scaled operator Â = D^-1/2 A D^-1/2 (as CSR and as a PETSc Mat), the pattern
+    S and, at level >= 2, Â² on S."""
+
+    def __init__(self, block: _LocalBlock, reordered: bool, ahat: CSR, dinv: np.ndarray,
+                 ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None) -> None:
+        self.block = block
+        self.reordered = reordered
+        self.ahat = ahat
+        self.dinv = dinv
+        self.ahat_mat = ahat_mat
+        self.s = s
+        self.a2 = a2
+
+
+def matrix_family(mtype: str) -> str:
+    """The AIJ type of G for an operator of type ``mtype``: the same storage family
+    (``aijsell``, ``aijperm``, ``aijcusparse``, ``aijkokkos``, ...) without its seq/mpi
+    prefix, so that G is applied where and how the operator is; plain ``aij`` for
+    the blocked and symmetric-block formats (G is triangular, not block-structured)."""
+    base = mtype[3:] if mtype.startswith(("seq", "mpi")) else mtype
+    return base if base.startswith("aij") else PETSc.Mat.Type.AIJ
+
+
 class SPAIFactorPC:
     """Shared machinery of the factored SPAI preconditioners (M = Gᵀ G).
 
@@ -75,6 +105,8 @@ class SPAIFactorPC:
         self.pattern_threshold = 0.02
         self.overlap = 0
         self.ordering = ""  # "": the subclass's default (see _ordering)
+        self.check_symmetry = True
+        self.symmetry_tol = 1e-8
         self.G: PETSc.Mat | None = None
         self.GT: PETSc.Mat | None = None
         self._work: PETSc.Vec | None = None
@@ -82,6 +114,8 @@ class SPAIFactorPC:
         self._pattern_cache: dict = {}
         self._overlap_cache: dict = {}
         self._ordering_cache: dict = {}
+        self._reused: list[str] = []
+        self._parallel = False
         self.stats: dict = {}
         self.times: dict[str, float] = {}
         self._apply_event = _event(self.name + "Apply")
@@ -98,6 +132,8 @@ class SPAIFactorPC:
         self.pattern_threshold = opts.getReal(stem + "pattern_threshold", self.pattern_threshold)
         self.overlap = opts.getInt(stem + "overlap", self.overlap)
         self.ordering = opts.getString(stem + "ordering", self.ordering)
+        self.check_symmetry = opts.getBool(stem + "check_symmetry", self.check_symmetry)
+        self.symmetry_tol = opts.getReal(stem + "symmetry_tol", self.symmetry_tol)
         self._read_options(opts)
         self._validate_options()
 
@@ -113,6 +149,8 @@ class SPAIFactorPC:
             raise OptionError(f"-{self.options_stem}overlap must be >= 0, got {self.overlap}")
         if self.ordering:
             check_ordering(self.ordering, f"-{self.options_stem}ordering")
+        if not (self.symmetry_tol >= 0 and np.isfinite(self.symmetry_tol)):
+            raise OptionError(f"-{self.options_stem}symmetry_tol must be >= 0, got {self.symmetry_tol}")
 
     def _ordering(self) -> str:
         """The local ordering in effect: the option, else the subclass's default."""
@@ -172,6 +210,11 @@ class SPAIFactorPC:
             f"nnz(G) = {st['nnz_G']}, nnz(tril A) = {st['nnz_trilA']}, fill ratio {st['fill']:.3f}"
         )
         lines.append(f"Kaporin score -(2/n) sum log G_ii (normalised rows): {st['kaporin']:.6f}")
+        symmetry = f"on, tol {self.symmetry_tol:g}" if self.check_symmetry else "off"
+        lines.append(f"G and G^T: Mat type {st.get('G_type', '?')} (the operator's storage family); "
+                     f"symmetry check {symmetry}")
+        lines.append("reused from the previous setup (same nonzero structure): "
+                     + (", ".join(st.get("reused", [])) or "nothing"))
         lines.append(
             "setup times (s, max over ranks): "
             + ", ".join(f"{k} {v:.3g}" for k, v in self.stats.get("times", {}).items())
@@ -275,6 +318,8 @@ class SPAIFactorPC:
                     perm = np.concatenate([np.arange(first), first + inner, np.arange(first + count, n)])
             cache.update(key=(ordering, block_size), indptr=block.csr.indptr.copy(),
                          indices=block.csr.indices.copy(), perm=perm)
+        else:
+            self._reused.append("ordering")
         perm = cache["perm"]
         if perm is None:
             return block, False
@@ -283,6 +328,10 @@ class SPAIFactorPC:
     def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray, PETSc.Mat]:
         check_operator(block.csr, block.global_index)
         ahat, dinv = scale_symmetric(block.csr)
+        if self.check_symmetry and not self._parallel:  # in parallel: check_parallel, in _setup
+            with self._timed("symmetry check"):
+                check_local(ahat, self.symmetry_tol, self.name, self.options_stem + "check_symmetry",
+                            block.global_index)
         cache = self._pattern_cache
         same = (
             "ahat_mat" in cache
@@ -291,6 +340,7 @@ class SPAIFactorPC:
         )
         if same:
             ahat_mat = csr_to_mat(ahat, out=cache["ahat_mat"])
+            self._reused.append("scaled operator's structure")
         else:
             cache.clear()
             ahat_mat = csr_to_mat(ahat)
@@ -302,6 +352,7 @@ class SPAIFactorPC:
         key = (self.pattern_level, self.pattern_threshold)
         if self.pattern_level == 1 and cache.get("pattern_key") == key:
             s = cache["pattern"]
+            self._reused.append("pattern")
             return s.with_data(ahat.lookup(s.rows(), s.indices)), None
         s, a2 = factor_pattern(ahat, ahat_mat, self.pattern_level, self.pattern_threshold)
         cache.update(pattern_key=key, pattern=s)
@@ -314,23 +365,32 @@ class SPAIFactorPC:
     def _prepare(self, P: PETSc.Mat) -> None:
         """Subclass hook run on every rank before the local stage (may raise)."""
 
-    def _local_factor(self, P: PETSc.Mat, block: _LocalBlock) -> tuple[CSR, dict]:
-        """Owned rows of G = Ĝ D^-1/2 with global column indices, plus stats."""
+    def _local_problem(self, P: PETSc.Mat, block: _LocalBlock) -> _LocalProblem:
+        """Reorder, check, scale and take the pattern of this rank's block (may raise)."""
         with self._timed("ordering", self.name + "Ordering"):
             block, reordered = self._reordered(block, P.getBlockSize())
         with self._timed("scale"):
             ahat, dinv, ahat_mat = self._scaled_operator(block)
         with self._timed("pattern", self.name + "Pattern"):
             s, a2 = self._pattern(ahat, ahat_mat)
-        g = self._factor_values(ahat, ahat_mat, s, a2, block, P.getBlockSize())
+        return _LocalProblem(block, reordered, ahat, dinv, ahat_mat, s, a2)
+
+    def _revise(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray) -> np.ndarray:
+        """Subclass hook, collective: revise the factor values of every rank together
+        (the GCVAE's guard); runs on every rank after every rank has its values."""
+        return g
+
+    def _local_factor(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray) -> tuple[CSR, dict]:
+        """Owned rows of G = Ĝ D^-1/2 with global column indices, plus stats."""
+        block, s = prob.block, prob.s
         own = s.take_rows(block.owned)
         g_own = s.with_data(g).take_rows(block.owned).data
         diag = g_own[own.indptr[1:] - 1]
         if not (np.all(np.isfinite(g_own)) and np.all(diag > 0)):
             raise PCGCVAEError(f"{self.name}: the generated factor has non-finite values or a non-positive diagonal")
-        values = g_own * dinv[own.indices]
+        values = g_own * prob.dinv[own.indices]
         columns = block.global_index[own.indices]
-        if reordered:  # relabelled columns: sort every row again (M = GᵀG is unchanged)
+        if prob.reordered:  # relabelled columns: sort every row again (M = GᵀG is unchanged)
             order = np.argsort(own.rows() * P.getSize()[1] + columns, kind="stable")  # rows stay grouped
             columns, values = columns[order], values[order]
         factor = CSR(own.indptr, columns, values)
@@ -338,6 +398,22 @@ class SPAIFactorPC:
         tril_a = int(np.count_nonzero(rows_a.indices <= np.repeat(block.owned, np.diff(rows_a.indptr))))
         stats = {"n": own.n, "nnz_G": own.nnz, "nnz_trilA": tril_a, "sum_log_diag": float(np.sum(np.log(diag)))}
         return factor, stats
+
+    def _collective(self, comm: PETSc.Comm, work):  # noqa: ANN001, ANN202
+        """Run ``work()`` on every rank; if it raised anywhere, raise on every rank an error that
+        names each failing rank's problem (so no rank is left waiting in a later collective)."""
+        error, err_type, result = None, PCGCVAEError, None
+        try:
+            result = work()
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, PCGCVAEError) else f"{type(exc).__name__}: {exc}"
+            err_type = type(exc) if isinstance(exc, PCGCVAEError) else PCGCVAEError
+        errors = comm.tompi4py().allgather(error)
+        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        if failed:
+            where = "; ".join(f"rank {r}: {e}" if comm.getSize() > 1 else e for r, e in failed)
+            raise err_type(f"{self.name} setup failed: {where}")
+        return result
 
     def _setup(self, pc: PETSc.PC) -> None:
         self.times = {}
@@ -347,26 +423,29 @@ class SPAIFactorPC:
         self.stats = {"block_size": P.getBlockSize()}
         comm = P.getComm()
         mpicomm = comm.tompi4py()
+        self._reused = []
+        self._parallel = comm.getSize() > 1
+        if self.check_symmetry and self._parallel:  # the couplings between ranks too; collective
+            with self._timed("symmetry check"):
+                check_parallel(P, self.symmetry_tol, self.name, self.options_stem + "check_symmetry")
         with self._timed("local block"):
             block = self._local_block(P)  # collective with overlap
-        error = None
-        try:
+
+        def local_values() -> tuple[_LocalProblem, np.ndarray]:
             self._prepare(P)
-            factor, stats = self._local_factor(P, block)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PCGCVAEError) else str(exc)
-            err_type = type(exc) if isinstance(exc, PCGCVAEError) else PCGCVAEError
-        errors = mpicomm.allgather(error)
-        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
-        if failed:
-            where = "; ".join(f"rank {r}: {e}" if comm.getSize() > 1 else e for r, e in failed)
-            exc_type = err_type if error is not None else PCGCVAEError
-            raise exc_type(f"{self.name} setup failed: {where}")
+            prob = self._local_problem(P, block)
+            bs = P.getBlockSize()
+            return prob, self._factor_values(prob.ahat, prob.ahat_mat, prob.s, prob.a2, prob.block, bs)
+
+        prob, g = self._collective(comm, local_values)
+        g = self._revise(P, prob, g)
+        factor, stats = self._collective(comm, lambda: self._local_factor(P, prob, g))
         with self._timed("assembly", self.name + "Assembly"):
             self._assemble(P, factor)
         local = np.array([stats["n"], stats["nnz_G"], stats["nnz_trilA"], stats["sum_log_diag"]], dtype=np.float64)
         totals = np.empty_like(local)
         mpicomm.Allreduce(local, totals, op=MPI.SUM)
+        everyone_reused = mpicomm.allgather(self._reused)  # once: ranks may have reused different things
         self.times["total"] = time.perf_counter() - t0
         # Ranks may have run different stages (a rank without rows skips inference).
         seen = set().union(*mpicomm.allgather(list(self.times)))
@@ -381,6 +460,9 @@ class SPAIFactorPC:
             fill=float(totals[1] / max(totals[2], 1.0)),
             kaporin=float(-2.0 * totals[3] / max(totals[0], 1.0)),
             times=dict(zip(names, tmax.tolist())),
+            # what every rank took over from the previous setup (same nonzero structure)
+            reused=[r for r in self._reused if all(r in other for other in everyone_reused)],
+            G_type=self.G.getType(),
         )
 
     def _assemble(self, P: PETSc.Mat, factor: CSR) -> None:
@@ -388,23 +470,33 @@ class SPAIFactorPC:
         ia = factor.indptr.astype(PETSc.IntType)
         ja = factor.indices.astype(PETSc.IntType)
         va = factor.data.astype(PETSc.ScalarType)
+        family = matrix_family(P.getType())
+        key = (P.getSizes(), family)
         structure_changed = (
             self._structure is None
-            or not np.array_equal(self._structure[0], ia)
-            or not np.array_equal(self._structure[1], ja)
+            or self._structure[0] != key
+            or not np.array_equal(self._structure[1], ia)
+            or not np.array_equal(self._structure[2], ja)
         )
         if comm.tompi4py().allreduce(structure_changed, op=MPI.LOR):
             self._destroy_factor()
-            self.G = PETSc.Mat().createAIJ(size=P.getSizes(), csr=(ia, ja, va), comm=comm)
-            self.G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+            G = PETSc.Mat().create(comm=comm)
+            G.setSizes(P.getSizes())
+            G.setType(family)
+            G.setPreallocationCSR((ia, ja, va))  # inserts the values and assembles
+            G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+            self.G = G
             self.GT = PETSc.Mat()  # an empty handle: MAT_INITIAL_MATRIX (no argument = in place)
             self.G.transpose(self.GT)
+            if self.GT.getType() != self.G.getType():
+                self.GT.convert(self.G.getType())
             self._work = self.G.createVecLeft()
-            self._structure = (ia.copy(), ja.copy())
+            self._structure = (key, ia.copy(), ja.copy())
         else:
             self.G.setValuesCSR(ia, ja, va)  # same structure: overwrite the values (rows offset by rstart)
             self.G.assemble()
             self.G.transpose(self.GT)
+            self._reused.append("G's structure")
 
 
 class FSAIPC(SPAIFactorPC):
@@ -454,6 +546,8 @@ class GCVAEPC(SPAIFactorPC):
         self.seed = 0
         self.fallback = "error"
         self.role = "krylov"
+        self.guard_threshold: float | None = None  # None: the model's calibrated threshold
+        self.guard_fraction = DEFAULT_FRACTION
         self.fallback_reason = ""
         self.model = None
         self.model_info: dict = {}
@@ -466,6 +560,9 @@ class GCVAEPC(SPAIFactorPC):
         self.seed = opts.getInt(stem + "seed", self.seed)
         self.fallback = opts.getString(stem + "fallback", self.fallback)
         self.role = opts.getString(stem + "role", self.role)
+        if opts.hasName(stem + "guard_threshold"):
+            self.guard_threshold = opts.getReal(stem + "guard_threshold")
+        self.guard_fraction = opts.getReal(stem + "guard_fraction", self.guard_fraction)
 
     def _validate_options(self) -> None:
         super()._validate_options()
@@ -477,6 +574,10 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_fallback must be 'error' or 'fsai', got '{self.fallback}'")
         if self.role not in ("krylov", "smoother"):
             raise OptionError(f"-pc_gcvae_role must be 'krylov' or 'smoother', got '{self.role}'")
+        if self.guard_threshold is not None and not np.isfinite(self.guard_threshold):
+            raise OptionError(f"-pc_gcvae_guard_threshold must be a finite number, got {self.guard_threshold}")
+        if not 0 < self.guard_fraction <= 1:
+            raise OptionError(f"-pc_gcvae_guard_fraction must be in (0, 1], got {self.guard_fraction}")
 
     def _ordering(self) -> str:
         """The option, else the ordering the model was trained with (natural for models that predate
@@ -488,17 +589,12 @@ class GCVAEPC(SPAIFactorPC):
         return recorded_ordering(self.model_info["meta"])
 
     def _model_for(self, block_size: int) -> str:
-        from .checkpoint import default_model_name
-
         return self.model_name or default_model_name(block_size, self.role)
 
     def _prepare(self, P: PETSc.Mat) -> None:
-        with self._timed("model load"):  # the first time also imports torch and torch_geometric (seconds)
-            from .checkpoint import load_model
-            from .graph import build_graph  # noqa: F401
-
+        with self._timed("model load"):  # NumPy weights (a .pt checkpoint is converted through torch), cached
             name = self._model_for(P.getBlockSize())
-            self.model, self.model_info = load_model(name)
+            self.model, self.model_info = load_inference_model(name)
         meta = self.model_info["meta"]
         bs = P.getBlockSize()
         self.fallback_reason = ""
@@ -527,25 +623,21 @@ class GCVAEPC(SPAIFactorPC):
             with self._timed("fsai", "FSAIFactor"):
                 return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index)
 
-        import torch
-
-        from .graph import build_graph
-
         with self._timed("graph", "GCVAEGraph"):
-            data = build_graph(ahat, s, a2_on_s=a2, block_size=block_size)
-        gen = torch.Generator().manual_seed(self.seed + 7919 * int(block.global_index[0]))
+            data = build_arrays(ahat, s, a2_on_s=a2, block_size=block_size)
+        rng = np.random.default_rng(self.seed + 7919 * int(block.global_index[0]))
         with self._timed("inference", "GCVAEInference"):
             raws = []
             if self.latent == "mean":
                 raws += self.model.generate(data, use_mean=True)
             rest = self.samples - len(raws)
             if rest > 0:
-                raws += self.model.generate(data, samples=rest, generator=gen)
+                raws += self.model.generate(data, samples=rest, rng=rng)
         best, best_score, scores = None, np.inf, []
         with self._timed("selection", "GCVAESelect"):
             owned_s = s.take_rows(block.owned)
             for raw in raws:
-                g = raw.double().numpy()
+                g = raw.astype(np.float64)
                 if not np.all(np.isfinite(g)):
                     raise PCGCVAEError("GCVAE produced non-finite factor values")
                 g = normalise_rows_petsc(s.with_data(g), ahat_mat)
@@ -556,6 +648,53 @@ class GCVAEPC(SPAIFactorPC):
         self.stats["sample_scores"] = scores
         return best
 
+    # -- the guard -------------------------------------------------------------
+    def _guard_threshold(self) -> tuple[float | None, str]:
+        """The threshold in effect (None: the guard is off) and where it comes from."""
+        if self.guard_threshold is not None:
+            if self.guard_threshold < 0:
+                return None, "-pc_gcvae_guard_threshold < 0"
+            return self.guard_threshold, "-pc_gcvae_guard_threshold"
+        calibrated = self.model_info.get("meta", {}).get("guard_threshold", {})
+        if str(self.pattern_level) in calibrated:
+            return float(calibrated[str(self.pattern_level)]), "the model's calibration"
+        return DEFAULT_THRESHOLD, "the package default (the model records no calibration)"
+
+    def _revise(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray) -> np.ndarray:
+        """The guard: estimate the factor's Kaporin gap to FSAI on the same pattern from a
+        random sample of every rank's rows (:mod:`pcgcvae.guard`); above the threshold,
+        every rank builds classical FSAI instead.  One allgather decides for all ranks."""
+        threshold, source = self._guard_threshold()
+        self.stats["guard"] = None
+        if self.fallback_reason or threshold is None:
+            self.stats["guard_off"] = "fallback FSAI" if self.fallback_reason else source
+            return g
+        comm = P.getComm()
+        seed = self.seed + 104729 * (comm.getRank() + 1)
+        with self._timed("guard", "GCVAEGuard"):
+            mine = self._collective(comm, lambda: local_sample(prob.ahat, prob.s, g, prob.block.owned,
+                                                               self.guard_fraction, seed))
+            samples = comm.tompi4py().allgather(mine)
+            estimate = combine(samples)
+        fired = bool(estimate > threshold)
+        self.stats["guard"] = {"estimate": estimate, "threshold": threshold, "source": source, "fired": fired,
+                               "rows": sum(s.sampled for s in samples), "of": sum(s.owned for s in samples)}
+        if fired:
+            with self._timed("fsai", "FSAIFactor"):
+                g = self._collective(comm, lambda: fsai_values(prob.ahat, prob.s, rows=prob.block.owned,
+                                                               global_index=prob.block.global_index))
+        return g
+
+    def _guard_line(self) -> str:
+        guard = self.stats.get("guard")
+        if not guard:
+            return f"guard off ({self.stats.get('guard_off', 'not set up')})"
+        verdict = ("FIRED: classical FSAI, not the GCVAE, built this factor" if guard["fired"]
+                   else "kept the GCVAE factor")
+        return (f"guard: estimated Kaporin gap to FSAI on the same pattern {guard['estimate']:+.4f} "
+                f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
+                f"({guard['source']}): {verdict}")
+
     def _view_lines(self) -> list[str]:
         meta = self.model_info.get("meta", {})
         lines = [
@@ -565,6 +704,7 @@ class GCVAEPC(SPAIFactorPC):
         ]
         if self.fallback_reason:
             lines.append(f"FALLBACK: classical FSAI, not the GCVAE, built this factor: {self.fallback_reason}")
+        lines.append(self._guard_line())
         scores = self.stats.get("sample_scores")
         if scores:
             lines.append(

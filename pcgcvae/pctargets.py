@@ -2,6 +2,8 @@
 
     python -m pcgcvae.pctargets --sizes 100 316 1000 --out results/pctargets.json
     mpiexec -n 2 python -m pcgcvae.pctargets --overlap-only --sizes 128
+    python -m pcgcvae.pctargets --startup --repeats 7      # fresh processes: Python and C (ex2)
+    python -m pcgcvae.pctargets --inference --sizes 316     # NumPy vs torch forward pass, one core
 
 * apply cost: time of one PC apply / one MatMult with A (median of blocks of 50);
 * setup time per nonzero of A at each size (GCVAE and FSAI, pattern level 1; the second
@@ -10,7 +12,15 @@
 * peak resident memory after setup (this process; run one size per process
   for a clean figure);
 * overlap: CG iterations with overlap 1 on this many ranks (compare the
-  same command on 1 rank).
+  same command on 1 rank);
+* start-up (``--startup``): the wall time of fresh processes that set up one PC on a
+  small 5-point Laplacian (no Firedrake) -- a petsc4py script and PETSc's C tutorial ex2
+  through ``-python`` -- with FSAIPC, GCVAEPC (the shipped ``.npz``, torch never imported)
+  and GCVAEPC given the ``.pt`` checkpoint (read through torch, as before the NumPy run
+  time); medians over ``--repeats`` runs taken in turn;
+* inference (``--inference``): the forward pass alone (prior mean, level 1, natural
+  order) of the shipped Poisson model, NumPy against torch in one process on one core
+  (medians of 5).
 
 Poisson P1 with log-normal κ on the unit square, assembled by Firedrake.
 """
@@ -91,15 +101,143 @@ def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
     return rows
 
 
+STARTUP_SCRIPT = """
+import sys, time
+from petsc4py import PETSc
+m = 50
+n = m * m
+A = PETSc.Mat().createAIJ(size=(n, n), nnz=5, comm=PETSc.COMM_SELF)
+for r in range(n):
+    i, j = divmod(r, m)
+    A.setValue(r, r, 4.0)
+    for q in ((i - 1) * m + j if i else -1, (i + 1) * m + j if i < m - 1 else -1,
+              r - 1 if j else -1, r + 1 if j < m - 1 else -1):
+        if q >= 0:
+            A.setValue(r, q, -1.0)
+A.assemble()
+opts = PETSc.Options()
+args = sys.argv[1:]
+for k, v in zip(args[::2], args[1::2]):
+    opts[k.lstrip("-")] = v
+ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+ksp.setOperators(A)
+ksp.setType("cg")
+ksp.setFromOptions()
+ksp.setUp()
+"""
+
+
+def _startup_variants() -> dict[str, list[str]]:
+    from .models_registry import shipped_model_path
+
+    python_pc = ["-pc_type", "python", "-pc_python_type"]
+    return {
+        "fsai": [*python_pc, "pcgcvae.FSAIPC"],
+        "gcvae": [*python_pc, "pcgcvae.GCVAEPC"],
+        "gcvae-torch": [*python_pc, "pcgcvae.GCVAEPC", "-pc_gcvae_model", str(shipped_model_path("poisson"))],
+    }
+
+
+def startup(repeats: int) -> list[dict]:
+    """Median wall seconds of fresh processes (Python script, C ex2) per variant, runs interleaved."""
+    import os
+    import subprocess
+
+    from .foreign import build_c_tutorial
+
+    ex2 = build_c_tutorial("ex2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    variants = _startup_variants()
+    commands = {}
+    for name, opts in variants.items():
+        commands[("python", name)] = [sys.executable, "-c", STARTUP_SCRIPT, *opts]
+        commands[("c", name)] = [str(ex2), "-m", "50", "-n", "50", "-ksp_type", "cg", "-python", sys.executable, *opts]
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in commands}
+    for _ in range(repeats + 1):  # the first round warms the file cache and is not counted
+        for key, cmd in commands.items():
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            wall = time.perf_counter() - t0
+            if out.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[:3])} ... failed: {out.stdout[-2000:]}{out.stderr[-2000:]}")
+            times[key].append(wall)
+    rows = []
+    for (frontend, name), walls in times.items():
+        med = float(np.median(walls[1:]))
+        base = float(np.median(times[(frontend, "fsai")][1:]))
+        rows.append({"frontend": frontend, "pc": name, "median_wall_s": round(med, 3),
+                     "min_wall_s": round(min(walls[1:]), 3), "max_wall_s": round(max(walls[1:]), 3),
+                     "minus_fsai_s": round(med - base, 3), "runs": repeats})
+    for r in rows:
+        print(json.dumps(r))
+    return rows
+
+
+def inference(size: int) -> list[dict]:
+    """The forward pass of the shipped Poisson model at level 1, NumPy and torch, one core."""
+    import firedrake as fd  # noqa: F401  (before torch: Firedrake's PETSc first)
+
+    from .csr import scale_symmetric
+    from .features import build_arrays
+    from .inference import load_inference_model
+    from .pattern import factor_pattern
+    from .petsc_csr import csr_to_mat, mat_to_csr
+    from .problems import ProblemSpec, build_problem
+
+    spec = ProblemSpec("poisson", size, degree=1, mesh="square", seed=5,
+                       params={"kappa": "lognormal", "sigma": 1.5, "corr": 0.1})
+    ahat, _ = scale_symmetric(mat_to_csr(build_problem(spec).assemble_matrix()))
+    s, a2 = factor_pattern(ahat, csr_to_mat(ahat), 1, 0.02)
+    rows = []
+    net, _ = load_inference_model("poisson")
+
+    def numpy_forward() -> np.ndarray:
+        return net.generate(build_arrays(ahat, s, a2_on_s=a2), use_mean=True)[0]
+
+    import torch
+
+    from .checkpoint import load_model
+    from .graph import build_graph
+
+    torch.set_num_threads(1)
+    model, _ = load_model("poisson")
+
+    def torch_forward() -> np.ndarray:
+        return model.generate(build_graph(ahat, s, a2_on_s=a2), use_mean=True)[0].numpy()
+
+    results = {}
+    for name, fn in (("numpy", numpy_forward), ("torch", torch_forward)):
+        walls = []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            results[name] = fn()
+            walls.append(time.perf_counter() - t0)
+        rows.append({"dofs": ahat.n, "nnz_S": s.nnz, "impl": name, "median_s": round(float(np.median(walls[1:])), 4),
+                     "min_s": round(min(walls[1:]), 4), "max_s": round(max(walls[1:]), 4)})
+    diff = float(np.abs(results["numpy"] - results["torch"]).max() / np.abs(results["torch"]).max())
+    for r in rows:
+        r["max_rel_diff_float32"] = diff
+        print(json.dumps(r))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pcgcvae.pctargets", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 316])
     ap.add_argument("--pcs", nargs="+", default=["gcvae", "fsai"])
     ap.add_argument("--overlap-only", action="store_true")
+    ap.add_argument("--startup", action="store_true", help="fresh-process start-up of each PC (Python and C)")
+    ap.add_argument("--inference", action="store_true", help="the forward pass alone, NumPy and torch")
+    ap.add_argument("--repeats", type=int, default=7, help="--startup: counted runs per command")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     sys.argv[1:] = []
-    rows = [r for s in args.sizes for r in measure(s, args.pcs, args.overlap_only)]
+    if args.startup:
+        rows = startup(args.repeats)
+    elif args.inference:
+        rows = [r for s in args.sizes for r in inference(s)]
+    else:
+        rows = [r for s in args.sizes for r in measure(s, args.pcs, args.overlap_only)]
     if args.out is not None:
         from mpi4py import MPI
 

@@ -9,9 +9,10 @@ from .csr import CSR
 
 
 def mat_to_csr(mat: PETSc.Mat) -> CSR:
-    """CSR arrays of a sequential matrix (any type; converted to AIJ if needed)."""
+    """CSR arrays of a sequential matrix (any type: other types are copied to AIJ first;
+    the caller's matrix is never converted in place)."""
     if mat.getType() not in (PETSc.Mat.Type.SEQAIJ, PETSc.Mat.Type.AIJ):
-        mat = mat.convert(PETSc.Mat.Type.SEQAIJ)
+        mat = mat.convert(PETSc.Mat.Type.SEQAIJ, PETSc.Mat())  # out of place: the user's type stays
     indptr, indices, data = mat.getValuesCSR()
     out = CSR(indptr, indices, np.real(data))
     out.sorted_check()

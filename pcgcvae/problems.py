@@ -8,6 +8,13 @@
 * Linear elasticity in 2D/3D with a varying Young's modulus field and Poisson
   ratio up to nearly incompressible; P1/P2; clamped on one side.
 
+``random_spec(..., broad=True)`` (``python -m pcgcvae.dataset --broad``) widens both
+families along the axes users bring (drawn from a second random stream, so the
+default draws stay what they were): P1/P2 and Q1 (quadrilateral and hexahedral
+meshes), 3D Poisson, rotated anisotropy down to ε = 1e-3, coefficient jumps up to
+1e6, a reaction (mass) term, Dirichlet conditions on part of the boundary only
+(or none, with a reaction term), and for elasticity ν up to 0.49 and Q1.
+
 Every random parameter enters the forms through ``Constant``s, so the forms
 compile once per family and the same seed gives the same problem in serial
 and in parallel.  Dirichlet rows come out as Firedrake assembles them
@@ -24,7 +31,25 @@ import numpy as np
 
 N_MODES = 16
 N_INCLUSIONS = 6
-MESHES_2D = ("square", "perturbed", "lshape", "hole", "disc")
+MESHES_2D = ("square", "perturbed", "lshape", "hole", "disc")  # the default draw (broad adds "quad")
+MESHES_3D = ("cube", "hex")
+BOUNDARY_CONDITIONS = ("all", "left", "two", "none")  # Dirichlet on: the whole boundary, x = 0, x = 0 and y = 0
+TENSOR_MESHES = ("quad", "hex")  # quadrilateral / hexahedral cells: Q elements
+# Held out of all training for good, so that the foreign suite (pcgcvae.foreign) stays foreign when the
+# models are retrained: P3 (and higher) elements and Q2 (and higher).  The suite's other held-out
+# families (9- and 27-point stencils, PETSc's tutorials, the Stokes velocity block) are not Firedrake
+# problems of this module at all.
+HELD_OUT = "P3 and higher Lagrange elements, Q2 and higher tensor-product elements"
+
+
+def check_trainable(spec: ProblemSpec) -> None:
+    """Refuse (ValueError) a problem of a family held out of all training (:data:`HELD_OUT`)."""
+    if spec.degree >= 3 or (spec.mesh in TENSOR_MESHES and spec.degree >= 2):
+        element = f"Q{spec.degree}" if spec.mesh in TENSOR_MESHES else f"P{spec.degree}"
+        raise ValueError(
+            f"{element} {spec.family} problems are held out of all training for good ({HELD_OUT}): the "
+            "foreign-problem suite (python -m pcgcvae.bench --suite foreign) evaluates the models on them"
+        )
 
 
 @dataclass
@@ -44,8 +69,11 @@ class ProblemSpec:
 
 
 def random_spec(family: str, size: int, seed: int, dim: int | None = None,
-                degree: int | None = None, mesh: str | None = None) -> ProblemSpec:
-    """Draw the parameters of one problem of ``family`` from ``seed``."""
+                degree: int | None = None, mesh: str | None = None, broad: bool = False) -> ProblemSpec:
+    """Draw the parameters of one problem of ``family`` from ``seed`` (``broad``: the wider
+    distribution of :func:`broad_spec`)."""
+    if broad:
+        return broad_spec(family, size, seed, dim=dim)
     rng = np.random.default_rng(seed)
     if family == "poisson":
         params = {
@@ -76,6 +104,36 @@ def random_spec(family: str, size: int, seed: int, dim: int | None = None,
             dim=d, seed=seed, params=params,
         )
     raise ValueError(f"unknown problem family '{family}' (poisson, elasticity)")
+
+
+def broad_spec(family: str, size: int, seed: int, dim: int | None = None) -> ProblemSpec:
+    """One problem of the broad training distribution: the default draw of ``seed``
+    (:func:`random_spec`) with elements, meshes, dimension, coefficients and boundary
+    conditions redrawn from the stream ``(seed, 1)``."""
+    base = random_spec(family, size, seed, dim=dim)
+    rng = np.random.default_rng([seed, 1])
+    params = dict(base.params)
+    d = dim or int(rng.choice([2, 2, 2, 3]))
+    if d == 3:  # P1 / Q1 with half the cells per side, P2 with a quarter: dofs comparable to 2D
+        mesh = str(rng.choice(MESHES_3D))
+        degree = 1 if mesh in TENSOR_MESHES else int(rng.choice([1, 1, 2]))
+        size = max(2, (size + 1) // 2) if degree == 1 else max(2, (size + 3) // 4)
+    else:
+        mesh = str(rng.choice((*MESHES_2D, "quad")))
+        degree = 1 if mesh in TENSOR_MESHES else int(rng.choice([1, 1, 2]))  # P3, Q2: HELD_OUT
+    if family == "poisson":
+        kind = str(rng.choice(["lognormal", "jumps", "aniso"]))
+        params["kappa"] = kind
+        params["contrast"] = float(10 ** rng.uniform(1, 6))
+        if kind == "aniso":
+            params["aniso_eps"] = float(10 ** rng.uniform(-3, 0))
+            params["aniso_angle"] = float(rng.uniform(0, np.pi))
+        params["reaction"] = float(10 ** rng.uniform(0, 4)) if rng.uniform() < 0.25 else 0.0
+        bcs = ["all", "all", "left", "two"] + (["none"] if params["reaction"] > 0 else [])
+        params["bc"] = str(rng.choice(bcs))
+    else:
+        params["nu"] = float(rng.uniform(0.2, 0.49))
+    return ProblemSpec(family, size, degree=degree, mesh=mesh, dim=d, seed=seed, params=params)
 
 
 # --------------------------------------------------------------------- meshes
@@ -122,7 +180,10 @@ def build_mesh(spec: ProblemSpec, comm=None):  # noqa: ANN001, ANN201
     comm = comm or fd.COMM_WORLD
     n = spec.size
     if spec.dim == 3:
-        return fd.UnitCubeMesh(n, n, n, comm=comm, distribution_parameters=DISTRIBUTION)
+        return fd.UnitCubeMesh(n, n, n, hexahedral=spec.mesh == "hex", comm=comm,
+                               distribution_parameters=DISTRIBUTION)
+    if spec.mesh == "quad":
+        return fd.UnitSquareMesh(n, n, quadrilateral=True, comm=comm, distribution_parameters=DISTRIBUTION)
     if spec.mesh == "square":
         return fd.UnitSquareMesh(n, n, comm=comm, distribution_parameters=DISTRIBUTION)
     if spec.mesh == "perturbed":
@@ -214,8 +275,32 @@ class Problem:
         return u, solver.snes.ksp
 
 
+def _rotation(dim: int, angle: float, eps: float):  # noqa: ANN202
+    """The anisotropy tensor R diag(1, .., eps) Rᵀ (rotation by ``angle`` about the z / x axis)."""
+    import firedrake as fd
+
+    c, s = math.cos(angle), math.sin(angle)
+    if dim == 2:
+        r = np.array([[c, -s], [s, c]])
+    else:
+        r = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return fd.Constant(r @ np.diag([1.0] * (dim - 1) + [eps]) @ r.T)
+
+
+def _dirichlet_boundary(spec: ProblemSpec) -> str | tuple[int, ...] | None:
+    """Where u = 0: the whole boundary, or on boxes x = 0 (``left``) / x = 0 and y = 0 (``two``)."""
+    bc = spec.params.get("bc", "all")
+    boxed = spec.dim == 3 or spec.mesh in ("square", "perturbed", "quad")
+    if bc == "none":
+        return None
+    if bc == "all" or not boxed:
+        return "on_boundary"
+    return (1,) if bc == "left" else (1, 3)
+
+
 def poisson(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
-    """-∇·(κ∇u) = 1 with u = 0 on the whole boundary."""
+    """-∇·(K∇u) + c u = 1 with u = 0 on the whole boundary (by default) or a part of it;
+    K = κ (log-normal or jumps) or κ times a rotated anisotropy tensor, c >= 0."""
     import firedrake as fd
 
     mesh = build_mesh(spec, comm)
@@ -229,9 +314,16 @@ def poisson(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
         kappa = fd.exp(p.get("sigma", 1.0) * _fourier_field(mesh, rng, p.get("corr", 0.2)))
     V = fd.FunctionSpace(mesh, "CG", spec.degree)
     u, v = fd.TrialFunction(V), fd.TestFunction(V)
-    a = kappa * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
+    if p.get("kappa") == "aniso":
+        a = kappa * fd.inner(fd.dot(_rotation(spec.dim, p["aniso_angle"], p["aniso_eps"]), fd.grad(u)),
+                             fd.grad(v)) * fd.dx
+    else:
+        a = kappa * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
+    if p.get("reaction", 0.0) > 0:
+        a = a + fd.Constant(p["reaction"]) * u * v * fd.dx
     L = fd.Constant(1.0) * v * fd.dx
-    bcs = [fd.DirichletBC(V, 0.0, "on_boundary")]
+    where = _dirichlet_boundary(spec)
+    bcs = [] if where is None else [fd.DirichletBC(V, 0.0, where)]
     return Problem(spec, V, a, L, bcs)
 
 
@@ -277,7 +369,7 @@ def elasticity(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
     g = [0.0] * (spec.dim - 1) + [-1.0]
     L = fd.inner(fd.Constant(g), v) * fd.dx
     # Clamped at x = 0 on boxes (marker 1); on the whole boundary otherwise.
-    clamp = 1 if (spec.dim == 3 or spec.mesh in ("square", "perturbed")) else "on_boundary"
+    clamp = 1 if (spec.dim == 3 or spec.mesh in ("square", "perturbed", "quad")) else "on_boundary"
     bcs = [fd.DirichletBC(V, fd.Constant([0.0] * spec.dim), clamp)]
     return Problem(spec, V, a, L, bcs, near_nullspace=rigid_body_modes(V))
 

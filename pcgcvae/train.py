@@ -79,8 +79,10 @@ def load_datasets(paths: list[Path], levels: list[int]) -> tuple[list, dict]:
         g, index = load_dataset(path, levels)
         graphs += g
         indexes.append(index)
+    datasets = [{"seed": i["seed"], "count": len(i["samples"]), "size_range": i["size_range"],
+                 "broad": bool(i.get("broad", False)), "dim": i.get("dim")} for i in indexes]
     if len(indexes) == 1:
-        return graphs, indexes[0]
+        return graphs, {**indexes[0], "datasets": datasets}
     families = {i["family"] for i in indexes}
     if len(families) > 1:
         raise ValueError(f"datasets of different families cannot be mixed: {sorted(families)}")
@@ -90,7 +92,7 @@ def load_datasets(paths: list[Path], levels: list[int]) -> tuple[list, dict]:
     return graphs, {"family": families.pop(), "ordering": orderings.pop(),
                     "samples": [s for i in indexes for s in i["samples"]],
                     "size_range": [min(i["size_range"][0] for i in indexes), max(i["size_range"][1] for i in indexes)],
-                    "seed": [i["seed"] for i in indexes]}
+                    "seed": [i["seed"] for i in indexes], "datasets": datasets}
 
 
 def load_dataset(path: Path, levels: list[int]) -> tuple[list, dict]:
@@ -219,7 +221,8 @@ def train(args: argparse.Namespace) -> Path:
         "training": {
             "data": " ".join(map(str, args.data)), "samples": len(index["samples"]), "size_range": index["size_range"],
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
-            "dataset_seed": index["seed"], "seed": args.seed, "epochs": len(history), "lr": args.lr,
+            "dataset_seed": index["seed"], "datasets": index.get("datasets"), "seed": args.seed,
+            "epochs": len(history), "lr": args.lr,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "init": None if args.init is None else str(args.init),

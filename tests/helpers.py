@@ -32,9 +32,12 @@ def laplacian_2d(m: int, comm=PETSc.COMM_WORLD, kappa_seed: int | None = None) -
     return A
 
 
+_PREFIXES = itertools.count()  # the same sequence on every rank
+
+
 def python_ksp(A: PETSc.Mat, pc_class: str = "FSAIPC", **options) -> PETSc.KSP:
     """CG with ``pcgcvae.<pc_class>`` on ``A``, ``options`` set under a fresh prefix (not yet set up)."""
-    prefix = f"t{np.random.randint(1 << 30)}_"
+    prefix = f"t{next(_PREFIXES)}_"  # never reused: options left behind by a failed setup stay unseen
     opts = PETSc.Options()
     for k, v in options.items():
         opts[prefix + k] = v

@@ -24,8 +24,10 @@ def ex2(tmp_path_factory) -> Path:
     return work / "ex2"
 
 
-def run_ex2(ex2: Path, *opts: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+def run_ex2(ex2: Path, *opts: str, env: dict | None = None) -> str:
+    """Run ex2 on a 20 x 20 grid with CG and ``opts``; ``env``: the environment (default: this one,
+    with the repository on PYTHONPATH)."""
+    env = env or dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     cmd = [str(ex2), "-m", "20", "-n", "20", "-ksp_type", "cg", "-ksp_rtol", "1e-10", "-ksp_converged_reason",
            "-python", sys.executable, *opts]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

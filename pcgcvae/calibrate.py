@@ -1,0 +1,154 @@
+"""Calibrate a model's guard threshold on its own training distribution.
+
+    python -m pcgcvae.calibrate pcgcvae/models/poisson.pt [--count 24] [--write]
+
+Draws ``--count`` problems of the model's training family from the training
+generator (:func:`pcgcvae.problems.random_spec`, default or broad in turn as the
+model's datasets were, the datasets' size range and two larger held-out sizes) with
+seeds that no training set uses, and measures
+on each, at every pattern level the model supports, the exact Kaporin gap of
+the generated factor to FSAI on the same pattern (the guard's estimate with
+every row sampled) and both CG iteration counts (rtol 1e-8, random right-hand
+side, serial).  The threshold of a level is then
+
+    t = 1.25 × (largest gap where the GCVAE needed at most FSAI's iterations),
+    lowered below the smallest gap where it needed more (so that the guard
+    fires on every in-distribution loss), and 0 (always FSAI) when it won nowhere.
+
+``--write`` stores ``guard_threshold`` (per level) and the measurements
+(``guard_calibration``) in the checkpoint's metadata and rewrites its card notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MARGIN = 1.25
+SEED_BASE = 70_000  # calibration problem seeds: SEED_BASE + k (checked against the training seeds)
+HELDOUT_SIZES = {"poisson": [48, 96], "elasticity": [32, 48]}
+
+
+def training_seeds(dataset_seed: int, count: int, size_min: int, size_max: int) -> set[int]:
+    """The problem seeds :func:`pcgcvae.dataset.generate` draws for these arguments."""
+    rng = np.random.default_rng(dataset_seed)
+    seeds = set()
+    for _ in range(count):
+        rng.integers(size_min, size_max + 1)  # the size draw, as the generator makes it
+        seeds.add(int(rng.integers(2**31)))
+    return seeds
+
+
+def threshold_from(points: list[tuple[float, float]]) -> float:
+    """The rule of the module docstring from (gap, GCVAE/FSAI iteration ratio) pairs."""
+    wins = [g for g, r in points if r <= 1.0]
+    losses = [g for g, r in points if r > 1.0]
+    if not wins:
+        return 0.0
+    t = MARGIN * max(wins)
+    if losses:
+        t = min(t, 0.999 * min(losses))
+    return max(t, 0.0)
+
+
+def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None) -> dict:
+    """Measure the (gap, ratio) pairs and the thresholds of ``ckpt``; see the module docstring."""
+    import firedrake as fd
+
+    from .checkpoint import load_checkpoint
+    from .evaluate import parallel_options, solve
+    from .ordering import recorded_ordering
+    from .problems import build_problem, random_spec
+
+    _, info = load_checkpoint(ckpt)
+    meta = info["meta"]
+    family = meta["family"]
+    tr = meta.get("training", {})
+    lo, hi = tr.get("size_range", [8, 28])
+    datasets = tr.get("datasets") or [{"seed": tr.get("dataset_seed", 0), "count": tr.get("samples", 200),
+                                       "size_range": [lo, hi], "broad": False}]
+    used = set().union(*(training_seeds(int(d["seed"]), int(d["count"]), *d["size_range"]) for d in datasets))
+    broad = [bool(d.get("broad")) for d in datasets]  # problem k: drawn like dataset k mod len(datasets)
+    ordering = recorded_ordering(meta)
+    rng = np.random.default_rng(SEED_BASE)
+    draws = [int(rng.integers(lo, hi + 1)) for _ in range(count - 2)] + (sizes or HELDOUT_SIZES[family])
+    rows = []
+    for k, size in enumerate(draws):
+        seed = SEED_BASE + k
+        if seed in used:
+            raise RuntimeError(f"calibration seed {seed} is a training seed; change SEED_BASE")
+        spec = random_spec(family, size, seed=seed, broad=broad[k % len(broad)])
+        P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
+        row = {"seed": seed, "size": size, "n": P.getSize()[0], "degree": spec.degree, "dim": spec.dim,
+               "mesh": spec.mesh, "broad": broad[k % len(broad)]}
+        for level in meta["pattern_levels"]:
+            fsai = solve(P, {**parallel_options("fsai", 1), "pc_fsai_pattern_level": level,
+                             "pc_fsai_ordering": ordering})
+            gcvae = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
+                              "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
+                              "pc_gcvae_guard_fraction": 1.0})
+            gap = gcvae.pc_stats["guard"]["estimate"]
+            row[f"L{level}"] = {"fsai": fsai.iterations, "gcvae": gcvae.iterations, "gap": round(gap, 6),
+                                "ratio": round(gcvae.iterations / fsai.iterations, 4)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    thresholds = {}
+    for level in meta["pattern_levels"]:
+        pts = [(r[f"L{level}"]["gap"], r[f"L{level}"]["ratio"]) for r in rows]
+        thresholds[str(level)] = round(threshold_from(pts), 6)
+    return {"thresholds": thresholds, "rows": rows, "rule": f"{MARGIN} x largest winning gap, below the smallest "
+            "losing gap; 0 if no win", "seeds": f"{SEED_BASE}..{SEED_BASE + len(draws) - 1} (disjoint from training)"}
+
+
+def write(ckpt: Path, result: dict) -> None:
+    """Store the thresholds and measurements in the checkpoint's metadata."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    model, info = load_checkpoint(ckpt)
+    meta = dict(info["meta"])
+    meta["guard_threshold"] = result["thresholds"]
+    meta["guard_calibration"] = result
+    save_checkpoint(ckpt, model, meta)
+
+
+def summary(result: dict) -> str:
+    """A markdown table of the calibration."""
+    levels = sorted(k for k in result["rows"][0] if k.startswith("L"))
+    head = "| seed | n | mesh | degree | dim | " + " | ".join(
+        f"{lv} FSAI | {lv} GCVAE | {lv} ratio | {lv} gap" for lv in levels) + " |"
+    lines = [head, "|" + "---|" * (5 + 4 * len(levels))]
+    for r in result["rows"]:
+        cells = [str(r["seed"]), str(r["n"]), r["mesh"], str(r["degree"]), str(r["dim"])]
+        for lv in levels:
+            c = r[lv]
+            cells += [str(c["fsai"]), str(c["gcvae"]), f"{c['ratio']:.3f}", f"{c['gap']:+.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["thresholds"].items())
+                 + f" ({result['rule']}; seeds {result['seeds']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pcgcvae.calibrate", description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--count", type=int, default=24, help="problems (the last two at held-out sizes)")
+    ap.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
+    ap.add_argument("--report", type=Path, help="write the markdown table here")
+    args = ap.parse_args(argv)
+    sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc
+    result = calibrate(args.checkpoint, args.count)
+    text = summary(result)
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+    if args.write:
+        write(args.checkpoint, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The numeric input of the GCVAE, with NumPy only: node, edge and pattern features of
+the scaled operator Â and the factor pattern S.
+
+Nodes are dofs; message edges are the off-diagonal nonzeros of pattern(Â) ∪ S ∪ Sᵀ
+(source j -> target i, sorted by target then source); every entry of S carries its
+own features.  Every feature is a cheap, local, scale-free quantity, so one model
+serves any mesh size and any scaling of the operator.
+
+:func:`build_arrays` is what both the torch model (through
+:func:`pcgcvae.graph.build_graph`, which wraps the arrays without copying them) and the
+torch-free inference of :mod:`pcgcvae.inference` read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .csr import CSR
+
+NODE_FEATURES = 9
+EDGE_FEATURES = 6
+PATTERN_FEATURES = 5
+TARGET_NODE_FEATURES = 1
+TARGET_EDGE_FEATURES = 1
+
+
+@dataclass
+class GraphArrays:
+    """The GCVAE's input for one matrix.
+
+    ``x`` float32 (n, NODE_FEATURES); ``edge_index`` int64 (2, E), rows (source j, target i),
+    sorted by target then source; ``edge_attr`` float32 (E, EDGE_FEATURES); ``s_index`` int64
+    (2, nnz(S)), rows (row, column) of every entry of S in CSR order (diagonal last in each
+    row); ``s_attr`` float32 (nnz(S), PATTERN_FEATURES); ``s_diag`` bool (nnz(S),).
+    """
+
+    x: np.ndarray
+    edge_index: np.ndarray
+    edge_attr: np.ndarray
+    s_index: np.ndarray
+    s_attr: np.ndarray
+    s_diag: np.ndarray
+
+    @property
+    def num_nodes(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+
+def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
+    """Message edges (2, E) = (source j, target i) over the off-diagonal entries of
+    pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order, and Â's value on each (0 if absent)."""
+    n = a.n
+    akeys = a.keys()
+    skeys = s.keys()
+    if len(np.setdiff1d(skeys, akeys, assume_unique=True)) == 0:
+        off = a.rows() != a.indices  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's
+        keys = akeys[off]
+        aval = a.data[off]
+    else:
+        rs, cs = s.rows(), s.indices
+        keys = np.sort(np.concatenate([akeys, skeys, cs * n + rs]))  # (np.unique hashes: slower here)
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+        keys = keys[(keys // n) != (keys % n)]
+        aval = None
+    edges = np.empty((2, len(keys)), dtype=np.int64)
+    np.remainder(keys, n, out=edges[0])
+    np.floor_divide(keys, n, out=edges[1])
+    del keys
+    if aval is None:
+        aval = a.lookup(edges[1], edges[0])
+    return edges, aval
+
+
+def _columns(n: int, columns: Sequence[np.ndarray | float | Callable[[], np.ndarray | float]]) -> np.ndarray:
+    """A float32 (n, len(columns)) array filled column by column (no float64 copy of the whole)."""
+    out = np.empty((n, len(columns)), dtype=np.float32)
+    for k, col in enumerate(columns):
+        out[:, k] = col() if callable(col) else col
+    return out
+
+
+def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: int = 1) -> GraphArrays:
+    """The features of the scaled operator ``a`` (unit diagonal) and the lower pattern ``s``
+    (diagonal last in each row).
+
+    ``a2_on_s``: values of Â² on S (a feature on entries of S that are not in A, level >= 2).
+    Features are written straight into float32 arrays, one column at a time, to keep the
+    peak memory of large graphs low.
+    """
+    n = a.n
+    rows_a = a.rows()
+    off = rows_a != a.indices
+    deg = np.bincount(rows_a[off], minlength=n)
+    rs = s.rows()
+    s_off = rs != s.indices
+    comp = np.zeros((n, 3))
+    if block_size > 1:
+        comp[np.arange(n), np.arange(n) % block_size] = 1.0
+    x = _columns(n, [
+        lambda: np.bincount(rows_a, weights=a.data, minlength=n),  # row sum of Â
+        lambda: np.bincount(rows_a, weights=np.abs(a.data) * off, minlength=n),  # off-diagonal mass
+        lambda: np.bincount(rs[s_off], minlength=n) / 8.0,
+        lambda: np.bincount(s.indices[s_off], minlength=n) / 8.0,
+        deg / 8.0,
+        deg == 0,  # Dirichlet/identity row
+        comp[:, 0], comp[:, 1], comp[:, 2],
+    ])
+
+    edges, aval = _union_offdiag_edges(a, s)
+    sj, ti = edges
+    in_a = aval != 0
+
+    def a2_column() -> np.ndarray | float:
+        if a2_on_s is None:
+            return 0.0
+        lo, hi = np.minimum(ti, sj), np.maximum(ti, sj)
+        return s.with_data(a2_on_s).lookup(hi, lo) * (~in_a)
+
+    edge_attr = _columns(len(aval), [aval, lambda: np.abs(aval), in_a, lambda: sj < ti, lambda: sj > ti, a2_column])
+
+    s_aval = a.lookup(rs, s.indices)
+    s_diag = ~s_off
+    s_attr = _columns(s.nnz, [
+        s_aval * s_off, lambda: np.abs(s_aval) * s_off, s_aval != 0,
+        0.0 if a2_on_s is None else a2_on_s * (s_aval == 0), s_diag,
+    ])
+    s_index = np.empty((2, s.nnz), dtype=np.int64)
+    s_index[0], s_index[1] = rs, s.indices
+    return GraphArrays(x=x, edge_index=edges, edge_attr=edge_attr, s_index=s_index, s_attr=s_attr, s_diag=s_diag)

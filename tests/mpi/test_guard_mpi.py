@@ -1,0 +1,86 @@
+"""The guard and the symmetry check under MPI: one decision for all ranks, errors on every rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import error_text, laplacian_2d, python_ksp
+from petsc4py import PETSc
+
+
+def _setup(A: PETSc.Mat, pc_class: str = "GCVAEPC", **options):
+    ksp = python_ksp(A, pc_class, **options)
+    ksp.setUp()
+    return ksp.getPC().getPythonContext()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1e9])
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_guard_decides_once_for_every_rank(comm, tiny_poisson, threshold: float, overlap: int) -> None:
+    A = laplacian_2d(40, kappa_seed=6)
+    ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=threshold,
+                 pc_gcvae_overlap=overlap, pc_gcvae_guard_fraction=1.0)
+    guard = ctx.stats["guard"]
+    everyone = comm.allgather((guard["estimate"], guard["fired"], guard["rows"]))
+    assert all(e == everyone[0] for e in everyone)
+    assert guard["fired"] == (threshold == 0.0)
+    assert guard["of"] == 1600 and guard["rows"] == 1600  # fraction 1: every row sampled
+    fsai = _setup(A, "FSAIPC", pc_fsai_ordering="nd", pc_fsai_overlap=overlap)
+    if not guard["fired"]:  # with every row sampled: exactly the difference of the two Kaporin scores
+        assert guard["estimate"] == pytest.approx(ctx.stats["kaporin"] - fsai.stats["kaporin"], rel=1e-9)
+    else:  # FSAI's factor on every rank
+        diff = ctx.G.copy()
+        diff.axpy(-1.0, fsai.G)
+        assert diff.norm() < 1e-12 * fsai.G.norm()
+
+
+@pytest.mark.parametrize("where", ["diagonal block", "between ranks"])
+def test_asymmetry_on_one_rank_is_an_error_on_every_rank(comm, tiny_poisson, where: str) -> None:
+    """One entry halved on the last rank -- inside its diagonal block, or in a coupling to the
+    previous rank's rows (the off-diagonal block) -- is the same error on every rank, naming the
+    entry's global row and column; -pc_*_check_symmetry false lets the setup through."""
+    m = 12
+    A = laplacian_2d(m)
+    lo, hi = A.getOwnershipRange()
+    row, col = (hi - 1, hi - 2) if where == "diagonal block" else (lo, lo - m)
+    if comm.rank == comm.size - 1:
+        assert col >= 0 and (col < lo) == (where == "between ranks")
+        A.setValue(row, col, 0.5 * A.getValue(row, col))
+    A.assemble()
+    row, col = comm.bcast((row, col), root=comm.size - 1)
+    for pc_class, opts in (("FSAIPC", {}), ("GCVAEPC", {"pc_gcvae_model": str(tiny_poisson)})):
+        ksp = python_ksp(A, pc_class, **opts)
+        with pytest.raises(PETSc.Error) as info:
+            ksp.setUp()
+        text = error_text(info.value)
+        assert "not symmetric" in text, text
+        assert f"row {row}, column {col}" in text or f"row {col}, column {row}" in text, text
+        assert ksp.getPC().getPythonContext().G is None
+        message = text[text.index("not symmetric"):].split("\n")[0]
+        assert all(t == message for t in comm.allgather(message))
+        stem = "pc_gcvae_" if pc_class == "GCVAEPC" else "pc_fsai_"
+        ksp = python_ksp(A, pc_class, **opts, **{stem + "check_symmetry": "false"})
+        ksp.setUp()
+        assert ksp.getPC().getPythonContext().G is not None
+
+
+def test_replaced_operator_of_another_size_under_mpi(comm, tiny_poisson) -> None:
+    ksp = python_ksp(laplacian_2d(9, kappa_seed=1), "GCVAEPC", pc_gcvae_model=str(tiny_poisson),
+                     pc_gcvae_overlap=1)
+    for m in (9, 14, 9):
+        A = laplacian_2d(m, kappa_seed=m)
+        fresh = python_ksp(A, "GCVAEPC", pc_gcvae_model=str(tiny_poisson), pc_gcvae_overlap=1)
+        its = []
+        for k in (ksp, fresh):
+            b = A.createVecLeft()
+            b.set(1.0)
+            x = b.duplicate()
+            if k is ksp:
+                k.reset()  # PETSc's rule for a new size: reset, then the new operators
+            k.setOperators(A)
+            k.solve(b, x)
+            assert k.getConvergedReason() > 0
+            its.append(k.getIterationNumber())
+        assert its[0] == its[1], (m, its)
+        assert ksp.getPC().getPythonContext().G.getSize() == (m * m, m * m)
+    assert np.isfinite(ksp.getPC().getPythonContext().stats["kaporin"])

@@ -1,0 +1,145 @@
+"""What users combining preconditioners run into: a nonsymmetric operator, an operator
+replaced by one of another size or structure, the operator's matrix type, and what a
+re-setup with new values reuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import cg_iterations, error_text, laplacian_2d, python_ksp
+from petsc4py import PETSc
+
+from pcgcvae.pc import matrix_family
+
+
+def one_sided_dirichlet(m: int) -> PETSc.Mat:
+    """The 5-point Laplacian with the first grid row's unknowns set to identity rows, their
+    columns left in place (Dirichlet rows eliminated on one side only, as some DMDA examples do)."""
+    A = laplacian_2d(m, comm=PETSc.COMM_SELF)
+    A.zeroRows(np.arange(m, dtype=PETSc.IntType), diag=1.0)
+    return A
+
+
+@pytest.mark.parametrize("pc_class", ["GCVAEPC", "FSAIPC"])
+def test_nonsymmetric_operator_is_refused_naming_the_asymmetry(tiny_poisson, pc_class: str) -> None:
+    A = one_sided_dirichlet(8)
+    opts = {"pc_gcvae_model": str(tiny_poisson)} if pc_class == "GCVAEPC" else {}
+    ksp = python_ksp(A, pc_class, **opts)
+    with pytest.raises(PETSc.Error) as info:
+        ksp.setUp()
+    text = error_text(info.value)
+    stem = "pc_gcvae_" if pc_class == "GCVAEPC" else "pc_fsai_"
+    assert "not symmetric" in text and "largest asymmetry" in text, text
+    # the worst pair couples a Dirichlet row (0..7, zeroed, diagonal 1) with its neighbour in the next
+    # grid row (8..15, diagonal 4): scaled entries 0 and -1/sqrt(1 * 4) = -0.5
+    assert "= 0.5 (" in text and f"-{stem}check_symmetry false" in text, text
+    row = int(text.split("at row ")[1].split(",")[0])
+    col = int(text.split("column ")[1].split(" ")[0])
+    assert {row // 8, col // 8} == {0, 1} and abs(row - col) == 8, (row, col)
+
+
+def test_symmetry_check_can_be_skipped_and_tolerates_rounding(tiny_poisson) -> None:
+    A = one_sided_dirichlet(8)
+    ksp = python_ksp(A, "FSAIPC", pc_fsai_check_symmetry="false")
+    ksp.setUp()  # the user's choice: no error
+    assert ksp.getPC().getPythonContext().G is not None
+    # a symmetric matrix perturbed at rounding level passes the default tolerance
+    B = laplacian_2d(8, comm=PETSc.COMM_SELF, kappa_seed=1)
+    B.setValue(9, 10, B.getValue(9, 10) * (1 + 1e-13))
+    B.assemble()
+    assert cg_iterations(B, {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC"}) > 0
+    with pytest.raises(PETSc.Error) as info:
+        python_ksp(B, "FSAIPC", pc_fsai_symmetry_tol=-1.0).setUp()
+    assert "symmetry_tol" in error_text(info.value)
+
+
+def _solve_iterations(ksp: PETSc.KSP, A: PETSc.Mat) -> int:
+    b = A.createVecLeft()
+    b.set(1.0)
+    x = A.createVecRight()
+    ksp.setOperators(A)
+    ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
+    ksp.setTolerances(rtol=1e-8)
+    ksp.solve(b, x)
+    assert ksp.getConvergedReason() > 0
+    r = b.duplicate()
+    A.mult(x, r)
+    r.axpy(-1.0, b)
+    assert r.norm() < 1e-6 * b.norm()
+    return ksp.getIterationNumber()
+
+
+@pytest.mark.parametrize("pc_class", ["GCVAEPC", "FSAIPC"])
+def test_replaced_operator_of_another_size_and_structure_rebuilds(tiny_poisson, pc_class: str) -> None:
+    """One KSP, operators replaced as in multigrid/fieldsplit/Newton loops: each solve needs exactly the
+    iterations of a fresh KSP on that operator, and nothing of the earlier structure is kept."""
+    opts = {"pc_gcvae_model": str(tiny_poisson)} if pc_class == "GCVAEPC" else {}
+    small, large = laplacian_2d(10, comm=PETSc.COMM_SELF, kappa_seed=1), laplacian_2d(17, comm=PETSc.COMM_SELF,
+                                                                                      kappa_seed=2)
+    # same size as `small`, another structure: a 9-point stencil (the 5-point one plus diagonals)
+    nine = laplacian_2d(10, comm=PETSc.COMM_SELF, kappa_seed=1).duplicate(copy=True)
+    nine.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, False)
+    for i in range(9):
+        for j in range(9):
+            p, q = i * 10 + j, (i + 1) * 10 + j + 1
+            nine.setValue(p, q, -0.1, addv=True)
+            nine.setValue(q, p, -0.1, addv=True)
+            nine.setValue(p, p, 0.2, addv=True)
+            nine.setValue(q, q, 0.2, addv=True)
+    nine.assemble()
+    ksp = python_ksp(small, pc_class, **opts)
+    seen = []
+    for A in (small, large, nine, small):
+        fresh = python_ksp(A, pc_class, **opts)
+        want = _solve_iterations(fresh, A)
+        if ksp.getOperators()[0].getSizes() != A.getSizes():
+            ksp.reset()  # PETSc's own rule for a new size (as PCMG and Newton do): reset, then new operators
+        got = _solve_iterations(ksp, A)
+        assert got == want, (A.getSize(), got, want)
+        ctx = ksp.getPC().getPythonContext()
+        assert ctx.G.getSize() == A.getSize()
+        seen.append(ctx.stats["reused"])
+    assert seen[1] == [] and seen[2] == [], seen  # new size, new structure: nothing reused
+
+
+def test_resetup_with_new_values_reuses_and_says_so(capfd) -> None:
+    A = laplacian_2d(12, comm=PETSc.COMM_SELF, kappa_seed=1)
+    ksp = python_ksp(A, "FSAIPC")
+    _solve_iterations(ksp, A)
+    ctx = ksp.getPC().getPythonContext()
+    assert ctx.stats["reused"] == []
+    A.scale(2.0)
+    _solve_iterations(ksp, A)
+    assert set(ctx.stats["reused"]) == {"ordering", "scaled operator's structure", "pattern", "G's structure"}
+    ksp.view()
+    assert "reused from the previous setup (same nonzero structure): ordering" in capfd.readouterr().out
+
+
+def test_matrix_family() -> None:
+    assert matrix_family("seqaij") == "aij"
+    assert matrix_family("mpiaij") == "aij"
+    assert matrix_family("seqaijperm") == "aijperm"
+    assert matrix_family("mpiaijsell") == "aijsell"
+    assert matrix_family("seqaijcusparse") == "aijcusparse"
+    assert matrix_family("aijkokkos") == "aijkokkos"
+    assert matrix_family("seqbaij") == "aij" and matrix_family("mpisbaij") == "aij"
+
+
+@pytest.mark.parametrize("mtype", ["aijsell", "aijperm", "baij", "sbaij"])
+@pytest.mark.parametrize("pc_class", ["GCVAEPC", "FSAIPC"])
+def test_factor_lives_in_the_operators_type_family(tiny_poisson, mtype: str, pc_class: str) -> None:
+    """G and Gᵀ take the operator's AIJ variant, and the solve is the same as with plain AIJ."""
+    opts = {"pc_gcvae_model": str(tiny_poisson)} if pc_class == "GCVAEPC" else {}
+    A = laplacian_2d(14, comm=PETSc.COMM_SELF, kappa_seed=4)
+    A.setOption(PETSc.Mat.Option.SYMMETRIC, True)  # MatConvert to sbaij asks for it
+    B = A.convert(mtype, PETSc.Mat())
+    if mtype == "sbaij":
+        B.setOption(PETSc.Mat.Option.GETROW_UPPERTRIANGULAR, True)
+    want = _solve_iterations(python_ksp(A, pc_class, **opts), A)
+    ksp = python_ksp(B, pc_class, **opts)
+    got = _solve_iterations(ksp, B)
+    ctx = ksp.getPC().getPythonContext()
+    expected = "seq" + mtype if mtype.startswith("aij") else "seqaij"
+    assert ctx.G.getType() == expected and ctx.GT.getType() == expected, (ctx.G.getType(), ctx.GT.getType())
+    assert B.getType() == "seq" + mtype  # the operator keeps its own type (it is never converted in place)
+    assert got == want

@@ -1,0 +1,194 @@
+"""The foreign-problem suite (``python -m pcgcvae.bench --suite foreign``): its quick mode runs every
+preconditioner to convergence and writes well-formed files, and no suite problem's matrix is one the
+training generator produces for the shipped models' datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parent.parent
+FULL_RUN = ROOT / "docs" / "bench-foreign" / "foreign.json"
+
+# The datasets the shipped models were trained on: (family, count, size_min, size_max, seed, dim, broad),
+# the `python -m pcgcvae.dataset` commands of their cards (broad: `--broad`).
+# test_training_datasets_match_the_shipped_models fails when a retrained model records other data:
+# then list its dataset commands here.
+TRAINING_DATASETS = [
+    ("poisson", 160, 8, 28, 0, None, False),
+    ("elasticity", 120, 4, 14, 0, None, False),
+]
+
+
+@pytest.fixture(scope="module")
+def quick_suite(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("foreign")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "pcgcvae.bench", "--suite", "foreign", "--quick", "--out", str(out)],
+                          cwd=out, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out
+
+
+def test_quick_suite_writes_wellformed_files(quick_suite: Path) -> None:
+    from pcgcvae.foreign import FIELDS, PCS, SAME_PATTERN, all_cases
+
+    cases = all_cases()
+    assert len(cases) >= 15 and {c.kind for c in cases} == {"firedrake", "fieldsplit", "dmda", "c-tutorial"}
+    quick = [c for c in cases if c.quick]
+    assert {c.kind for c in quick} == {"firedrake", "fieldsplit", "dmda", "c-tutorial"}
+
+    with open(quick_suite / "foreign.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == FIELDS
+        rows = list(reader)
+    assert [(r["problem"], r["pc"]) for r in rows] == [(c.name, pc) for c in quick for pc in PCS]
+    kind = {c.name: c.kind for c in cases}
+    for r in rows:
+        where = f"{r['problem']}/{r['pc']}"
+        assert r["error"] == "", where + ": " + r["error"]
+        assert r["converged"] == "True" and int(r["iterations"]) > 0, where
+        assert int(r["dofs"]) > 0 and int(r["nnz"]) >= int(r["dofs"]) // 2, where
+        assert 0 <= float(r["setup_s"]) <= float(r["total_s"]), where
+        if r["iterations_own"]:
+            assert r["converged_own"] == "True" and int(r["iterations_own"]) > 0, where
+        if kind[r["problem"]] == "c-tutorial":  # the C program itself ran with this preconditioner
+            assert int(r["iterations_c"]) > 0, where
+        else:
+            assert r["iterations_c"] == "", where
+        if r["pc"].startswith(("fsai", "gcvae")):
+            assert np.isfinite(float(r["kaporin"])), where
+        if r["guard_fired"]:  # the guard columns, where the PC reports them
+            assert r["guard_fired"] in ("True", "False") and int(r["guard_rows"]) > 0, where
+            assert np.isfinite(float(r["guard_estimate"])), where
+    by = {(r["problem"], r["pc"]): r for r in rows}
+    for c in quick:
+        assert by[(c.name, "icc")]["iterations_own"] != "" or c.kind == "dmda"  # every non-FD problem has its own rhs
+        for g, f in SAME_PATTERN.items():
+            gap = float(by[(c.name, g)]["kaporin_gap"])
+            assert gap == pytest.approx(float(by[(c.name, g)]["kaporin"]) - float(by[(c.name, f)]["kaporin"]),
+                                        abs=2e-6)
+        # same preconditioner, same matrix: the C program and the in-process solve of its dumped system agree
+        if c.kind == "c-tutorial":
+            for pc in ("jacobi", "fsai", "gcvae"):
+                r = by[(c.name, pc)]
+                assert abs(int(r["iterations_c"]) - int(r["iterations_own"])) <= 2, (c.name, pc)
+
+    md = (quick_suite / "foreign.md").read_text()
+    for c in quick:
+        assert f"\n### {c.name}\n" in md and f"\n| {c.name} | " in md
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    for level in (1, 2):
+        assert f"random right-hand side, level {level}: GCVAE ≤ 1.00× FSAI (with the guard) on **" in summary
+        assert f"/{len(quick)}**" in summary
+    assert "guard (gcvae)" in summary
+
+    data = json.loads((quick_suite / "foreign.json").read_text())
+    assert [p["problem"] for p in data["problems"]] == [c.name for c in quick]
+    assert data["meta"]["quick"] is True
+
+
+def training_fingerprints(tmp_path: Path, monkeypatch) -> dict[int, list[dict]]:
+    """Fingerprints of every matrix the training generator (pcgcvae.dataset.generate) produces for
+    TRAINING_DATASETS, by size.  The generator runs unchanged -- same seeds, same specs, the same
+    Firedrake assembly -- except that each sample's preparation (ordering, patterns, FSAI targets,
+    which do not change the matrix) is replaced by taking the fingerprint of the assembled matrix."""
+    from pcgcvae import dataset
+    from pcgcvae.foreign import fingerprint
+
+    seen: dict[int, list[dict]] = {}
+
+    def fake_prepare(a, block_size, *args, **kwargs) -> dict:
+        fp = fingerprint(a)
+        seen.setdefault(fp["n"], []).append(fp)
+        return {"indptr": a.indptr, **{f"s{lv}_score": np.array(0.0) for lv in dataset.LEVELS}}
+
+    monkeypatch.setattr(dataset, "prepare_sample", fake_prepare)
+    for family, count, lo, hi, seed, dim, broad in TRAINING_DATASETS:
+        index = dataset.generate(family, count, lo, hi, seed=seed, out=tmp_path / f"{family}-{seed}-{broad}",
+                                 progress=False, dim=dim, broad=broad)
+        assert len(index) == count
+    assert sum(len(v) for v in seen.values()) == sum(d[1] for d in TRAINING_DATASETS)
+    return seen
+
+
+def test_training_datasets_match_the_shipped_models() -> None:
+    """TRAINING_DATASETS are the data the shipped models record (samples, size range, seed)."""
+    from pcgcvae.checkpoint import SHIPPED_MODELS, load_model
+
+    for name in SHIPPED_MODELS:
+        tr = load_model(name)[1]["meta"]["training"]
+        fam = load_model(name)[1]["meta"]["family"]
+        mine = [d for d in TRAINING_DATASETS if d[0] == fam]
+        assert mine, f"{name}: no dataset of family {fam} listed"
+        assert tr["samples"] == sum(d[1] for d in mine), name
+        assert tr["size_range"] == [min(d[2] for d in mine), max(d[3] for d in mine)], name
+        seeds = tr["dataset_seed"] if isinstance(tr["dataset_seed"], list) else [tr["dataset_seed"]]
+        assert sorted(seeds) == sorted(d[4] for d in mine), name
+        if tr.get("datasets"):  # recorded per dataset since the broad retraining
+            got = sorted((d["count"], *d["size_range"], d["seed"], d["dim"], d["broad"]) for d in tr["datasets"])
+            assert got == sorted(d[1:] for d in mine), name
+
+
+def test_no_suite_matrix_is_a_training_matrix(quick_suite: Path, tmp_path, monkeypatch) -> None:
+    """Compare sizes, then the exact and the renumbering-invariant hashes, of every suite operator (the
+    quick run's and the committed full run's, docs/bench-foreign) with every training matrix."""
+    from pcgcvae.foreign import all_cases, fingerprint
+
+    training = training_fingerprints(tmp_path, monkeypatch)
+    quick = json.loads((quick_suite / "foreign.json").read_text())["problems"]
+    full = json.loads(FULL_RUN.read_text())["problems"]
+    assert {p["problem"] for p in full} == {c.name for c in all_cases()}, "docs/bench-foreign is not the full suite"
+    for p in quick + full:
+        fp = p["fingerprint"]
+        assert fp["n"] == p.get("velocity_dofs", p["dofs"]) and fp["nnz"] == p["nnz"], p["problem"]
+        for t in training.get(fp["n"], []):  # same size: compare structure and values
+            assert t["exact"] != fp["exact"], f"{p['problem']} is a training matrix"
+            assert t["perm"] != fp["perm"], f"{p['problem']} is a renumbered training matrix"
+    assert all(p["fingerprint"]["n"] > max(training) for p in full)  # the full suite is larger than any of them
+
+    # the comparison can fail: a training matrix, also renumbered, is found
+    import firedrake as fd
+    from petsc4py import PETSc
+
+    from pcgcvae.petsc_csr import mat_to_csr
+    from pcgcvae.problems import build_problem, random_spec
+
+    rng = np.random.default_rng(TRAINING_DATASETS[0][4])  # the generator's first draw
+    size = int(rng.integers(TRAINING_DATASETS[0][2], TRAINING_DATASETS[0][3] + 1))
+    spec = random_spec(TRAINING_DATASETS[0][0], size, seed=int(rng.integers(2**31)))
+    P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
+    fp = fingerprint(mat_to_csr(P))
+    assert fp["exact"] in {t["exact"] for t in training[fp["n"]]}
+    perm = np.random.default_rng(1).permutation(fp["n"]).astype(PETSc.IntType)
+    iset = PETSc.IS().createGeneral(perm, comm=PETSc.COMM_SELF)
+    renumbered = fingerprint(mat_to_csr(P.permute(iset, iset)))
+    assert renumbered["exact"] != fp["exact"] and renumbered["perm"] == fp["perm"]
+
+
+def test_generator_refuses_the_held_out_families() -> None:
+    """P3 and Q2 problems are held out of all training: check_trainable refuses them (the dataset
+    generator calls it on every draw), and no draw of the training distributions is one of them."""
+    from pcgcvae.problems import ProblemSpec, check_trainable, random_spec
+
+    for spec in (ProblemSpec("poisson", 8, degree=3, mesh="square"), ProblemSpec("poisson", 8, degree=2, mesh="quad"),
+                 ProblemSpec("elasticity", 4, degree=2, mesh="hex", dim=3)):
+        with pytest.raises(ValueError, match="held out of all training"):
+            check_trainable(spec)
+    for spec in (ProblemSpec("poisson", 8, degree=2, mesh="square"), ProblemSpec("poisson", 8, degree=1, mesh="quad")):
+        check_trainable(spec)
+    drawn = set()
+    for family in ("poisson", "elasticity"):
+        for seed in range(400):
+            for broad in (False, True):
+                spec = random_spec(family, 12, seed=seed, broad=broad)
+                check_trainable(spec)
+                drawn.add((spec.mesh in ("quad", "hex"), spec.degree))
+    assert (True, 1) in drawn and (False, 2) in drawn  # Q1 and P2 are drawn: the check is not vacuous
