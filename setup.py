@@ -25,14 +25,14 @@ setup(
     ],
     extras_require={
         "firedrake": ["firedrake==2026.10.0"],
-        # training, evaluation, .pt checkpoints and their export (python -m pcgcvae.export)
+        # training, evaluation, .pt checkpoints and their export (python -m pcgcvae.training.export)
         "train": ["torch==2.13.0", "torch_geometric>=2.8,<2.9", "matplotlib", "tqdm"],
         "test": ["pytest", "ruff", "torch==2.13.0", "torch_geometric>=2.8,<2.9", "matplotlib", "tqdm"],
     },
     entry_points={
         "console_scripts": [
-            "pcgcvae-dataset=pcgcvae.dataset:main",
-            "pcgcvae-train=pcgcvae.train:main",
+            "pcgcvae-dataset=pcgcvae.training.dataset:main",
+            "pcgcvae-train=pcgcvae.training.train:main",
         ]
     },
 )

@@ -7,7 +7,7 @@ own features.  Every feature is a cheap, local, scale-free quantity, so one mode
 serves any mesh size and any scaling of the operator.
 
 :func:`build_arrays` is what both the torch model (through
-:func:`pcgcvae.graph.build_graph`, which wraps the arrays without copying them) and the
+:func:`pcgcvae.training.graph.build_graph`, which wraps the arrays without copying them) and the
 torch-free inference of :mod:`pcgcvae.inference` read.
 """
 

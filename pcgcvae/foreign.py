@@ -4,7 +4,7 @@
     python -m pcgcvae.bench --suite foreign --quick          # tiny sizes, a few problems of each kind
     python -m pcgcvae.bench --suite foreign --problems p3-smooth-square c-ex56-elasticity-3d-q1
 
-Four kinds of problem, none of them drawn by :mod:`pcgcvae.problems` / :mod:`pcgcvae.dataset`
+Four kinds of problem, none of them drawn by :mod:`pcgcvae.problems` / :mod:`pcgcvae.training.dataset`
 (the training generators: by default 2D Poisson P1/P2 on squares, perturbed squares, L-shapes, holed
 squares and discs with log-normal or inclusion κ, Dirichlet everywhere; 2D/3D elasticity P1/P2 with
 ν ≤ 0.45 on square meshes of "left" diagonals, clamped at x = 0; at most 4225 dofs; ``--broad`` adds

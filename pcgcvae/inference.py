@@ -2,8 +2,8 @@
 neither torch nor torch_geometric.
 
 :class:`NumpyGCVAE` holds the prior and decoder weights of a trained
-:class:`pcgcvae.model.GCVAE` as float32 arrays and reproduces
-:meth:`pcgcvae.model.GCVAE.generate` on the arrays of
+:class:`pcgcvae.training.model.GCVAE` as float32 arrays and reproduces
+:meth:`pcgcvae.training.model.GCVAE.generate` on the arrays of
 :func:`pcgcvae.features.build_arrays`: the conditional prior (graph trunk + Gaussian
 head), the decoder trunk and the factor head (exp-clamped diagonal).  Every
 edge-conditioned convolution is
@@ -15,7 +15,7 @@ chunk's segment sums are complete and only a few chunk-sized arrays are alive at
 time: memory stays linear in the graph with a small constant.
 
 The weights come from a versioned ``.npz`` file (:func:`load_inference_model`; written by
-``python -m pcgcvae.export``) holding every prior and decoder weight under its
+``python -m pcgcvae.training.export``) holding every prior and decoder weight under its
 ``state_dict`` name and, under ``pcgcvae.json``, a JSON header: format tag and version,
 package version, architecture and the checkpoint's full metadata.  A ``.pt`` checkpoint
 is converted in memory when torch is importable.
@@ -42,7 +42,7 @@ from .models_registry import resolve_model
 FORMAT = "pcgcvae-gcvae-numpy"
 FORMAT_VERSION = 1
 HEADER_KEY = "pcgcvae.json"
-# The GCVAEConfig fields (pcgcvae.model) and their types; "class" names the architecture.
+# The GCVAEConfig fields (pcgcvae.training.model) and their types; "class" names the architecture.
 ARCHITECTURE_FIELDS = {
     "hidden": int,
     "decoder_layers": int,
@@ -423,7 +423,7 @@ def read_inference_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray]
     if header.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"'{path}' has model format version {header.get('format_version')}, this pcgcvae "
-            f"{__version__} reads version {FORMAT_VERSION}; export it again with 'python -m pcgcvae.export' "
+            f"{__version__} reads version {FORMAT_VERSION}; export it again with 'python -m pcgcvae.training.export' "
             "from its .pt checkpoint, or use a matching pcgcvae"
         )
     arch = check_architecture(header.get("architecture"), str(path))
@@ -446,10 +446,10 @@ def _from_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     except ImportError as exc:
         raise CheckpointError(
             f"'{path}' is a torch checkpoint (.pt): reading it needs torch (pip install pcgcvae[train]); "
-            f"or export it once where torch is installed, 'python -m pcgcvae.export {path}', "
+            f"or export it once where torch is installed, 'python -m pcgcvae.training.export {path}', "
             "and give the .npz file"
         ) from exc
-    from .export import checkpoint_to_numpy
+    from .training.export import checkpoint_to_numpy
 
     return checkpoint_to_numpy(path)
 

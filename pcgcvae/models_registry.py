@@ -3,7 +3,7 @@
 A shipped model exists in two files in ``pcgcvae/models``: ``NAME.pt`` (the torch
 checkpoint, for training, fine-tuning and evaluation) and ``NAME.npz`` (the same
 prior and decoder weights for the torch-free run time, written by
-``python -m pcgcvae.export``).
+``python -m pcgcvae.training.export``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def resolve_model(name_or_path: str, suffixes: tuple[str, ...] = (".pt",)) -> Pa
         missing = " and ".join(str(shipped_model_path(name_or_path, s)) for s in suffixes)
         raise CheckpointError(
             f"the shipped model '{name_or_path}' is not installed ({missing} missing); "
-            "train it with 'python -m pcgcvae.train' or give a checkpoint path"
+            "train it with 'python -m pcgcvae.training.train' or give a checkpoint path"
         )
     path = Path(os.path.expanduser(name_or_path))
     if not path.is_file():

@@ -532,7 +532,7 @@ class GCVAEPC(SPAIFactorPC):
     default, or build classical FSAI on it and say so in ``view``),
     ``-pc_gcvae_role krylov|smoother`` (which shipped model serves by default:
     the one tuned for CG, or the one for multigrid smoothing; see
-    :func:`pcgcvae.checkpoint.default_model_name`).
+    :func:`pcgcvae.training.checkpoint.default_model_name`).
     """
 
     options_stem = "pc_gcvae_"

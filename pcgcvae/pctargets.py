@@ -196,8 +196,8 @@ def inference(size: int) -> list[dict]:
 
     import torch
 
-    from .checkpoint import load_model
-    from .graph import build_graph
+    from .training.checkpoint import load_model
+    from .training.graph import build_graph
 
     torch.set_num_threads(1)
     model, _ = load_model("poisson")

@@ -8,7 +8,7 @@
 * Linear elasticity in 2D/3D with a varying Young's modulus field and Poisson
   ratio up to nearly incompressible; P1/P2; clamped on one side.
 
-``random_spec(..., broad=True)`` (``python -m pcgcvae.dataset --broad``) widens both
+``random_spec(..., broad=True)`` (``python -m pcgcvae.training.dataset --broad``) widens both
 families along the axes users bring (drawn from a second random stream, so the
 default draws stay what they were): P1/P2 and Q1 (quadrilateral and hexahedral
 meshes), 3D Poisson, rotated anisotropy down to ε = 1e-3, coefficient jumps up to

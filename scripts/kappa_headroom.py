@@ -8,7 +8,7 @@ iterations (scipy, rtol 1e-8, two right-hand sides) as it goes, against Jacobi
 and FSAI.  Plain Adam on this non-smooth objective finds only a few per cent
 (and iterations rise again when cond is pushed further), so it is a weak
 bound: the GCVAE fine-tuned with a condition-number term (`python -m
-pcgcvae.train --cond-weight`, the shipped poisson model) gains more (5–6 %).
+pcgcvae.training.train --cond-weight`, the shipped poisson model) gains more (5–6 %).
 
     python scripts/kappa_headroom.py --size 24 --level 1 --steps 400
 """

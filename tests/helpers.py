@@ -123,8 +123,8 @@ def train_tiny_model(family: str, out_dir: Path, epochs: int = 25, levels: tuple
     With ``PCGCVAE_TEST_MODELS`` set (scripts/run_tests.sh sets it), a model
     trained there by an earlier run of the same test command is reused.
     """
-    from pcgcvae.dataset import generate
-    from pcgcvae.train import build_parser, train
+    from pcgcvae.training.dataset import generate
+    from pcgcvae.training.train import build_parser, train
 
     shared = os.environ.get("PCGCVAE_TEST_MODELS")
     if shared:

@@ -9,8 +9,8 @@ from helpers import error_text, laplacian_2d
 from helpers import python_ksp as make_ksp
 from petsc4py import PETSc
 
-from pcgcvae.checkpoint import save_checkpoint
-from pcgcvae.model import GCVAE, GCVAEConfig
+from pcgcvae.training.checkpoint import save_checkpoint
+from pcgcvae.training.model import GCVAE, GCVAEConfig
 
 
 def assert_usable_after(ksp: PETSc.KSP) -> None:

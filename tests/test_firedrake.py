@@ -62,8 +62,8 @@ def test_shipped_poisson_model_beats_fsai_on_held_out_problem() -> None:
     median): fewer CG iterations than classical FSAI on the same pattern (same ordering) at both pattern
     levels, and the issue's targets of 0.5x / 0.35x Jacobi (167 vs 174 and 122 vs 124, Jacobi 358, when
     this test was written)."""
-    from pcgcvae.checkpoint import shipped_model_path
-    from pcgcvae.heldout import evaluate_heldout
+    from pcgcvae.training.checkpoint import shipped_model_path
+    from pcgcvae.training.heldout import evaluate_heldout
 
     result = evaluate_heldout(shipped_model_path("poisson"), "poisson", [96], samples=1)
     (row,) = result["rows"]
@@ -76,8 +76,8 @@ def test_shipped_elasticity_model_on_held_out_3d_problem() -> None:
     """The shipped elasticity model on an unseen 3D problem (8³ P1 cells, 2187 dofs, larger than any 3D
     training problem): at most half of Jacobi's CG iterations and within 10 % of FSAI (84 vs 176 and 81
     when this test was written); the card's table marks the row as 3D."""
-    from pcgcvae.checkpoint import shipped_model_path
-    from pcgcvae.heldout import evaluate_heldout
+    from pcgcvae.training.checkpoint import shipped_model_path
+    from pcgcvae.training.heldout import evaluate_heldout
 
     result = evaluate_heldout(shipped_model_path("elasticity"), "elasticity", [], samples=1, sizes_3d=[16])
     (row,) = result["rows"]
@@ -88,8 +88,8 @@ def test_shipped_elasticity_model_on_held_out_3d_problem() -> None:
 
 def test_heldout_3d_needs_elasticity() -> None:
     """3D held-out problems are refused for the poisson family with a message naming the problem."""
-    from pcgcvae.checkpoint import shipped_model_path
-    from pcgcvae.heldout import evaluate_heldout
+    from pcgcvae.training.checkpoint import shipped_model_path
+    from pcgcvae.training.heldout import evaluate_heldout
 
     with pytest.raises(ValueError, match="elasticity family only"):
         evaluate_heldout(shipped_model_path("poisson"), "poisson", [8], sizes_3d=[8])

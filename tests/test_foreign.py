@@ -18,7 +18,7 @@ ROOT = Path(__file__).parent.parent
 FULL_RUN = ROOT / "docs" / "bench-foreign" / "foreign.json"
 
 # The datasets the shipped models were trained on: (family, count, size_min, size_max, seed, dim, broad),
-# the `python -m pcgcvae.dataset` commands of their cards (broad: `--broad`).
+# the `python -m pcgcvae.training.dataset` commands of their cards (broad: `--broad`).
 # test_training_datasets_match_the_shipped_models fails when a retrained model records other data:
 # then list its dataset commands here.
 TRAINING_DATASETS = [
@@ -96,12 +96,12 @@ def test_quick_suite_writes_wellformed_files(quick_suite: Path) -> None:
 
 
 def training_fingerprints(tmp_path: Path, monkeypatch) -> dict[int, list[dict]]:
-    """Fingerprints of every matrix the training generator (pcgcvae.dataset.generate) produces for
+    """Fingerprints of every matrix the training generator (pcgcvae.training.dataset.generate) produces for
     TRAINING_DATASETS, by size.  The generator runs unchanged -- same seeds, same specs, the same
     Firedrake assembly -- except that each sample's preparation (ordering, patterns, FSAI targets,
     which do not change the matrix) is replaced by taking the fingerprint of the assembled matrix."""
-    from pcgcvae import dataset
     from pcgcvae.foreign import fingerprint
+    from pcgcvae.training import dataset
 
     seen: dict[int, list[dict]] = {}
 
@@ -121,7 +121,7 @@ def training_fingerprints(tmp_path: Path, monkeypatch) -> dict[int, list[dict]]:
 
 def test_training_datasets_match_the_shipped_models() -> None:
     """TRAINING_DATASETS are the data the shipped models record (samples, size range, seed)."""
-    from pcgcvae.checkpoint import SHIPPED_MODELS, load_model
+    from pcgcvae.training.checkpoint import SHIPPED_MODELS, load_model
 
     for name in SHIPPED_MODELS:
         tr = load_model(name)[1]["meta"]["training"]

@@ -19,14 +19,10 @@ import torch
 from test_c_program import ex2, its, run_ex2  # noqa: F401  (ex2: the compiled C program, a fixture)
 
 import pcgcvae.inference as inference
-import pcgcvae.model as torch_model
-from pcgcvae.checkpoint import load_model, save_checkpoint
+import pcgcvae.training.model as torch_model
 from pcgcvae.csr import CSR, scale_symmetric
 from pcgcvae.errors import CheckpointError
-from pcgcvae.export import checkpoint_to_numpy, export
-from pcgcvae.export import main as export_main
 from pcgcvae.features import build_arrays
-from pcgcvae.graph import build_graph
 from pcgcvae.inference import (
     ARCHITECTURE_FIELDS,
     FORMAT,
@@ -38,8 +34,12 @@ from pcgcvae.inference import (
     read_inference_model,
     save_inference_model,
 )
-from pcgcvae.model import GCVAE, GCVAEConfig
 from pcgcvae.models_registry import SHIPPED_MODELS, shipped_model_path
+from pcgcvae.training.checkpoint import load_model, save_checkpoint
+from pcgcvae.training.export import checkpoint_to_numpy, export
+from pcgcvae.training.export import main as export_main
+from pcgcvae.training.graph import build_graph
+from pcgcvae.training.model import GCVAE, GCVAEConfig
 
 REPO = Path(__file__).parent.parent
 META = {"family": "poisson", "block_sizes": [1, 2], "pattern_levels": [1, 2], "ordering": "nd",
@@ -276,7 +276,7 @@ def test_shipped_exports_are_current(name: str) -> None:
     _, info = load_model(name)
     weights, header = read_inference_model(npz)
     assert header["source"]["sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest(), (
-        f"{npz.name} is stale: run python -m pcgcvae.export {name}")
+        f"{npz.name} is stale: run python -m pcgcvae.training.export {name}")
     assert header["meta"] == json.loads(json.dumps(info["meta"]))
     assert header["architecture"] == info["architecture"]
     assert not any(k.startswith("encoder") for k in weights)
@@ -425,7 +425,8 @@ BLOCKED_SCRIPT = textwrap.dedent('''
 
 BLOCKED_MAIN = textwrap.dedent('''
     result = solve_all()
-    result["torch_loaded"] = [m for m in ("torch", "torch_geometric") if m in sys.modules]
+    result["torch_loaded"] = [m for m in sys.modules  # nor the training subpackage
+                              if m in ("torch", "torch_geometric") or m.startswith("pcgcvae.training")]
     try:  # a .pt checkpoint needs torch: a clear error
         A = laplacian_2d(6, comm=PETSc.COMM_SELF)
         python_ksp(A, "GCVAEPC", pc_gcvae_model={pt!r}).setUp()
@@ -463,7 +464,7 @@ def test_pc_without_torch(tmp_path) -> None:
     blocked = json.loads(out.stdout.split("RESULT", 1)[1])
     assert blocked.pop("torch_loaded") == []
     pt_error = blocked.pop("pt")
-    assert "needs torch" in pt_error and "pcgcvae.export" in pt_error, pt_error
+    assert "needs torch" in pt_error and "pcgcvae.training.export" in pt_error, pt_error
     attempts = log.read_text().split()
     assert attempts == ["torch"], attempts  # only the .pt case, at the very end, tried
     namespace: dict = {}
@@ -503,7 +504,7 @@ MPI_SCRIPT = textwrap.dedent('''
         x = b.duplicate()
         ksp.solve(b, x)
         out.append((int(ksp.getConvergedReason()), ksp.getIterationNumber()))
-    loaded = [m for m in ("torch", "torch_geometric") if m in sys.modules]
+    loaded = [m for m in sys.modules if m in ("torch", "torch_geometric") or m.startswith("pcgcvae.training")]
     if PETSc.COMM_WORLD.getRank() == 0:
         print("RESULT" + json.dumps({{"solves": out, "torch_loaded": loaded}}))
 ''')

@@ -9,10 +9,10 @@ import torch
 from helpers import dense, laplacian_2d, python_ksp, random_spd
 from petsc4py import PETSc
 
-from pcgcvae.checkpoint import save_checkpoint
-from pcgcvae.model import GCVAE, GCVAEConfig
 from pcgcvae.ordering import local_permutation
 from pcgcvae.petsc_csr import mat_to_csr
+from pcgcvae.training.checkpoint import save_checkpoint
+from pcgcvae.training.model import GCVAE, GCVAEConfig
 
 
 def make_pc(A: PETSc.Mat, pc_class: str, **options) -> PETSc.PC:
@@ -133,12 +133,12 @@ def test_normalised_rows_have_unit_diagonal_of_gagt(tiny_poisson) -> None:
 
 
 def test_torch_and_petsc_row_normalisation_agree(tiny_poisson) -> None:
-    from pcgcvae.checkpoint import load_checkpoint
     from pcgcvae.csr import scale_symmetric
-    from pcgcvae.graph import build_graph
     from pcgcvae.pc import normalise_rows_petsc
     from pcgcvae.petsc_csr import csr_to_mat, mat_to_csr
-    from pcgcvae.quality import normalise_rows
+    from pcgcvae.training.checkpoint import load_checkpoint
+    from pcgcvae.training.graph import build_graph
+    from pcgcvae.training.quality import normalise_rows
 
     A = laplacian_2d(7, comm=PETSc.COMM_SELF, kappa_seed=6)
     ahat, _ = scale_symmetric(mat_to_csr(A))

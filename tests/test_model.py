@@ -10,16 +10,16 @@ import json
 import pytest
 import torch
 
-from pcgcvae.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from pcgcvae.errors import CheckpointError
-from pcgcvae.model import GCVAE, GCVAEConfig
+from pcgcvae.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from pcgcvae.training.model import GCVAE, GCVAEConfig
 
 META = {"family": "poisson", "block_sizes": [1], "pattern_levels": [1, 2]}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from pcgcvae.dataset import generate
+    from pcgcvae.training.dataset import generate
 
     out = tmp_path_factory.mktemp("data")
     generate("poisson", 4, 5, 8, seed=11, out=out, progress=False)
@@ -27,7 +27,7 @@ def dataset(tmp_path_factory):
 
 
 def test_dataset_generation_is_deterministic(dataset, tmp_path) -> None:
-    from pcgcvae.dataset import generate
+    from pcgcvae.training.dataset import generate
 
     generate("poisson", 4, 5, 8, seed=11, out=tmp_path, progress=False)
     for f in sorted(dataset.glob("*.npz")):
@@ -42,7 +42,7 @@ def test_dataset_generation_is_deterministic(dataset, tmp_path) -> None:
 def test_training_steps_lower_the_loss(dataset) -> None:
     from torch_geometric.loader import DataLoader
 
-    from pcgcvae.train import gcvae_loss, load_dataset
+    from pcgcvae.training.train import gcvae_loss, load_dataset
 
     torch.manual_seed(0)
     graphs, _ = load_dataset(dataset, [1, 2])
@@ -65,7 +65,7 @@ def test_training_steps_lower_the_loss(dataset) -> None:
 def test_frobenius_objective_trains(dataset) -> None:
     from torch_geometric.loader import DataLoader
 
-    from pcgcvae.train import gcvae_loss, load_dataset
+    from pcgcvae.training.train import gcvae_loss, load_dataset
 
     torch.manual_seed(0)
     graphs, _ = load_dataset(dataset, [1])
@@ -120,7 +120,7 @@ def test_incompatible_architecture_refused(tmp_path) -> None:
 
 
 def test_generated_factors_have_positive_diagonal(dataset) -> None:
-    from pcgcvae.dataset import load_sample
+    from pcgcvae.training.dataset import load_sample
 
     torch.manual_seed(3)
     model = GCVAE(GCVAEConfig(hidden=16))
@@ -133,7 +133,7 @@ def test_generated_factors_have_positive_diagonal(dataset) -> None:
 
 
 def test_sampling_is_reproducible(dataset) -> None:
-    from pcgcvae.dataset import load_sample
+    from pcgcvae.training.dataset import load_sample
 
     torch.manual_seed(0)
     model = GCVAE(GCVAEConfig(hidden=16))
@@ -158,8 +158,8 @@ def test_numpy_metadata_is_stored_as_plain_python(tmp_path) -> None:
 
 def test_chunked_inference_matches(dataset, monkeypatch) -> None:
     """Huge graphs are generated in edge chunks (bounded memory): same factor."""
-    import pcgcvae.model as model_module
-    from pcgcvae.dataset import load_sample
+    import pcgcvae.training.model as model_module
+    from pcgcvae.training.dataset import load_sample
 
     torch.manual_seed(0)
     model = GCVAE(GCVAEConfig(hidden=16))
@@ -172,7 +172,7 @@ def test_chunked_inference_matches(dataset, monkeypatch) -> None:
 
 
 def test_training_resumes(dataset, tmp_path) -> None:
-    from pcgcvae.train import build_parser, train
+    from pcgcvae.training.train import build_parser, train
 
     common = ["--data", str(dataset), "--family", "poisson", "--out", str(tmp_path / "m.pt"), "--hidden", "8",
               "--layers", "1", "--batch-size", "4", "--quiet", "--levels", "1"]
@@ -194,7 +194,7 @@ def test_shipped_models(name: str, block_sizes: list[int]) -> None:
     from pathlib import Path
 
     import pcgcvae
-    from pcgcvae.checkpoint import load_model
+    from pcgcvae.training.checkpoint import load_model
 
     path = Path(pcgcvae.__file__).parent / "models" / f"{name}.pt"
     assert path.stat().st_size < 5 * 2**20
@@ -215,8 +215,8 @@ def test_log_condition_matches_dense_reference(dataset) -> None:
     import numpy as np
     from torch_geometric.loader import DataLoader
 
-    from pcgcvae.quality import log_condition_per_graph
-    from pcgcvae.train import load_dataset
+    from pcgcvae.training.quality import log_condition_per_graph
+    from pcgcvae.training.train import load_dataset
 
     graphs, index = load_dataset(dataset, [2])
     batch = next(iter(DataLoader(graphs, batch_size=len(graphs))))
@@ -246,8 +246,8 @@ def test_sparse_log_condition_matches_dense(dataset) -> None:
     """Above dense_max_n the condition term uses sparse extremal eigenvectors: same value and gradient."""
     from torch_geometric.loader import DataLoader
 
-    from pcgcvae.quality import log_condition_per_graph
-    from pcgcvae.train import load_dataset
+    from pcgcvae.training.quality import log_condition_per_graph
+    from pcgcvae.training.train import load_dataset
 
     graphs, _ = load_dataset(dataset, [1, 2])
     batch = next(iter(DataLoader(graphs, batch_size=len(graphs))))
@@ -266,7 +266,7 @@ def test_sparse_log_condition_matches_dense(dataset) -> None:
 
 def test_finetune_with_condition_term(dataset, tmp_path) -> None:
     """--init fine-tunes a checkpoint, --cond-weight adds the logged condition term; both are recorded."""
-    from pcgcvae.train import build_parser, train
+    from pcgcvae.training.train import build_parser, train
 
     common = ["--data", str(dataset), "--family", "poisson", "--hidden", "8", "--layers", "1", "--batch-size", "4",
               "--quiet", "--levels", "1"]
@@ -288,11 +288,11 @@ def test_finetune_with_condition_term(dataset, tmp_path) -> None:
 
 
 def test_heldout_cli_records_metrics_and_card(tiny_poisson, tmp_path, capsys) -> None:
-    """`python -m pcgcvae.heldout CKPT --sizes ...` stores the held-out metrics in the checkpoint and its card;
+    """`python -m pcgcvae.training.heldout CKPT --sizes ...` stores the held-out metrics in the checkpoint and its card;
     hand-written notes below the card's marker survive the rewrite."""
     import shutil
 
-    from pcgcvae.heldout import NOTES_MARKER, main
+    from pcgcvae.training.heldout import NOTES_MARKER, main
 
     ckpt = tmp_path / "copy.pt"
     shutil.copy(tiny_poisson, ckpt)
@@ -310,8 +310,8 @@ def test_heldout_cli_records_metrics_and_card(tiny_poisson, tmp_path, capsys) ->
 
 def test_training_on_several_datasets(dataset, tmp_path) -> None:
     """--data takes several dataset directories; the checkpoint records all of them."""
-    from pcgcvae.dataset import generate
-    from pcgcvae.train import build_parser, train
+    from pcgcvae.training.dataset import generate
+    from pcgcvae.training.train import build_parser, train
 
     extra = tmp_path / "extra"
     generate("poisson", 2, 9, 10, seed=12, out=extra, progress=False)
@@ -333,8 +333,8 @@ def test_training_on_several_datasets(dataset, tmp_path) -> None:
 
 def test_datasets_record_their_ordering(dataset, tmp_path) -> None:
     """Samples are stored in the local ordering the PC will use; orderings are never mixed."""
-    from pcgcvae.dataset import generate
-    from pcgcvae.train import build_parser, train
+    from pcgcvae.training.dataset import generate
+    from pcgcvae.training.train import build_parser, train
 
     assert json.loads((dataset / "index.json").read_text())["ordering"] == "nd"
     other = tmp_path / "natural"

@@ -1,6 +1,6 @@
 """Calibrate a model's guard threshold on its own training distribution.
 
-    python -m pcgcvae.calibrate pcgcvae/models/poisson.pt [--count 24] [--write]
+    python -m pcgcvae.training.calibrate pcgcvae/models/poisson.pt [--count 24] [--write]
 
 Draws ``--count`` problems of the model's training family from the training
 generator (:func:`pcgcvae.problems.random_spec`, default or broad in turn as the
@@ -34,7 +34,7 @@ HELDOUT_SIZES = {"poisson": [48, 96], "elasticity": [32, 48]}
 
 
 def training_seeds(dataset_seed: int, count: int, size_min: int, size_max: int) -> set[int]:
-    """The problem seeds :func:`pcgcvae.dataset.generate` draws for these arguments."""
+    """The problem seeds :func:`pcgcvae.training.dataset.generate` draws for these arguments."""
     rng = np.random.default_rng(dataset_seed)
     seeds = set()
     for _ in range(count):
@@ -59,10 +59,10 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None) -> di
     """Measure the (gap, ratio) pairs and the thresholds of ``ckpt``; see the module docstring."""
     import firedrake as fd
 
+    from ..evaluate import parallel_options, solve
+    from ..ordering import recorded_ordering
+    from ..problems import build_problem, random_spec
     from .checkpoint import load_checkpoint
-    from .evaluate import parallel_options, solve
-    from .ordering import recorded_ordering
-    from .problems import build_problem, random_spec
 
     _, info = load_checkpoint(ckpt)
     meta = info["meta"]
@@ -134,7 +134,7 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pcgcvae.calibrate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pcgcvae.training.calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--count", type=int, default=24, help="problems (the last two at held-out sizes)")
     ap.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")

@@ -5,7 +5,7 @@ and version, package version, architecture, training family, supported block
 sizes and pattern levels, training settings, held-out metrics) and the
 model's ``state_dict``.  Loading needs only torch and torch_geometric and
 refuses anything it cannot trust, with a message that says why.  The run time
-reads the torch-free export of a checkpoint instead (:mod:`pcgcvae.export`,
+reads the torch-free export of a checkpoint instead (:mod:`pcgcvae.training.export`,
 :mod:`pcgcvae.inference`); the shipped-model names live in the torch-free
 :mod:`pcgcvae.models_registry` and are re-exported here.
 """
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from ._version import __version__
-from .errors import CheckpointError
+from .._version import __version__
+from ..errors import CheckpointError
+from ..models_registry import MODEL_DIR, ROLES, SHIPPED_MODELS, default_model_name, shipped_model_path
+from ..models_registry import resolve_model as _resolve
 from .model import GCVAE, GCVAEConfig
-from .models_registry import MODEL_DIR, ROLES, SHIPPED_MODELS, default_model_name, shipped_model_path
-from .models_registry import resolve_model as _resolve
 
 __all__ = [
     "FORMAT",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .evaluate import parallel_options, solve
-from .ordering import recorded_ordering
+from ..evaluate import parallel_options, solve
+from ..ordering import recorded_ordering
 
 
 def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000,
@@ -24,8 +24,8 @@ def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000
     gcvae_rows = [name for name, level in (("gcvae", 1), ("gcvae2", 2)) if level in levels]
     import firedrake as fd
 
+    from ..problems import build_problem, random_spec
     from .checkpoint import load_model
-    from .problems import build_problem, random_spec
 
     ordering = recorded_ordering(load_model(str(ckpt))[1]["meta"])
 
@@ -139,7 +139,7 @@ def evaluate_and_record(ckpt: Path, sizes: list[int], seed: int = 1000, samples:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pcgcvae.heldout CKPT --sizes 48 96 192``: (re-)evaluate a checkpoint and its card."""
+    """``python -m pcgcvae.training.heldout CKPT --sizes 48 96 192``: (re-)evaluate a checkpoint and its card."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Held-out CG evaluation of a GCVAE checkpoint (rewrites its card).")

@@ -1,6 +1,6 @@
 """Training the GCVAE on a generated dataset.
 
-    python -m pcgcvae.train --data data/poisson --family poisson \\
+    python -m pcgcvae.training.train --data data/poisson --family poisson \\
         --out pcgcvae/models/poisson.pt --minutes 40 --seed 0
 
 Loss per graph: quality of the decoded factor (Kaporin gap to FSAI by
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
+from .._version import __version__
+from ..ordering import recorded_ordering
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GCVAE, GCVAEConfig, kl_divergence
-from .ordering import recorded_ordering
 from .quality import frobenius_per_node, kaporin_per_graph, log_condition_per_graph, normalise_rows
 
 FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
@@ -228,7 +228,7 @@ def train(args: argparse.Namespace) -> Path:
             "init": None if args.init is None else str(args.init),
             "minutes": round((time.perf_counter() - t_start) / 60, 1), "device": device,
             "package_version": __version__,
-            "command": "python -m pcgcvae.train " + " ".join(getattr(args, "argv", None) or []),
+            "command": "python -m pcgcvae.training.train " + " ".join(getattr(args, "argv", None) or []),
         },
         "validation_gap": history[-1]["val_gap"] if history else None,
     }
@@ -245,10 +245,10 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``python -m pcgcvae.train``."""
-    ap = argparse.ArgumentParser(prog="python -m pcgcvae.train", description=__doc__.split("\n")[0])
+    """The command-line interface of ``python -m pcgcvae.training.train``."""
+    ap = argparse.ArgumentParser(prog="python -m pcgcvae.training.train", description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, nargs="+", required=True,
-                    help="dataset directories (python -m pcgcvae.dataset); several are trained on together")
+                    help="dataset directories (python -m pcgcvae.training.dataset); several are trained on together")
     ap.add_argument("--family", choices=sorted(FAMILY_BLOCK_SIZES), required=True)
     ap.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2])

@@ -2,8 +2,8 @@
 
 ::
 
-    python -m pcgcvae.export                       # every shipped model in pcgcvae/models
-    python -m pcgcvae.export my_model.pt poisson   # a checkpoint file, a shipped name
+    python -m pcgcvae.training.export                       # every shipped model in pcgcvae/models
+    python -m pcgcvae.training.export my_model.pt poisson   # a checkpoint file, a shipped name
 
 Each ``X.pt`` becomes ``X.npz`` next to it (``--out DIR``: in DIR instead): the prior and
 decoder weights (float32; the encoder is needed for training only) and a JSON header
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ..inference import inference_weight_shapes, make_header, save_inference_model
+from ..models_registry import SHIPPED_MODELS, resolve_model
 from .checkpoint import load_checkpoint
-from .inference import inference_weight_shapes, make_header, save_inference_model
-from .models_registry import SHIPPED_MODELS, resolve_model
 
 
 def checkpoint_to_numpy(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from .csr import CSR
-from .features import (
+from ..csr import CSR
+from ..features import (
     EDGE_FEATURES,
     NODE_FEATURES,
     PATTERN_FEATURES,
@@ -74,7 +74,7 @@ def build_graph(
 
     ``a2_on_s``: values of Â² on S (used as a feature on entries of S that
     are not in A); ``target``: training target on S; ``triplets``: attach the
-    index triplets needed by :func:`pcgcvae.quality.normalise_rows`.
+    index triplets needed by :func:`pcgcvae.training.quality.normalise_rows`.
     The features are :func:`pcgcvae.features.build_arrays`'s float32 arrays, shared
     with the tensors (no copy).
     """

@@ -1,6 +1,6 @@
 """Training data: Firedrake matrices with their FSAI targets, on disk.
 
-    python -m pcgcvae.dataset --family poisson --count 200 \\
+    python -m pcgcvae.training.dataset --family poisson --count 200 \\
         --size-min 8 --size-max 24 --seed 0 --out data/poisson
 
 writes ``index.json`` (specs and per-sample summary) and one compressed
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .csr import CSR, check_operator, scale_symmetric
-from .fsai import fsai_values, kaporin_score
-from .ordering import DEFAULT_ORDERING, ORDERINGS, local_permutation, permute
+from ..csr import CSR, check_operator, scale_symmetric
+from ..fsai import fsai_values, kaporin_score
+from ..ordering import DEFAULT_ORDERING, ORDERINGS, local_permutation, permute
 
 LEVELS = (1, 2)
 DEFAULT_THRESHOLD = 0.02
@@ -32,8 +32,8 @@ DEFAULT_THRESHOLD = 0.02
 def prepare_sample(a: CSR, block_size: int, levels: tuple[int, ...] = LEVELS,
                    threshold: float = DEFAULT_THRESHOLD, ordering: str = DEFAULT_ORDERING) -> dict[str, np.ndarray]:
     """Arrays of one training sample from an (unscaled) SPD matrix ``a``, reordered by ``ordering``."""
-    from .pattern import factor_pattern
-    from .petsc_csr import csr_to_mat
+    from ..pattern import factor_pattern
+    from ..petsc_csr import csr_to_mat
 
     check_operator(a)
     a = permute(a, local_permutation(a, ordering, block_size))
@@ -57,7 +57,7 @@ def prepare_sample(a: CSR, block_size: int, levels: tuple[int, ...] = LEVELS,
 
 
 def load_sample(path: Path, level: int, triplets: bool = True):  # noqa: ANN201
-    """The :class:`~pcgcvae.graph.FactorGraph` of one stored sample at ``level``."""
+    """The :class:`~pcgcvae.training.graph.FactorGraph` of one stored sample at ``level``."""
     import torch
 
     from .graph import build_graph
@@ -81,8 +81,8 @@ def generate(family: str, count: int, size_min: int, size_max: int, seed: int, o
     import firedrake as fd
     from tqdm import tqdm
 
-    from .petsc_csr import mat_to_csr
-    from .problems import build_problem, check_trainable, random_spec
+    from ..petsc_csr import mat_to_csr
+    from ..problems import build_problem, check_trainable, random_spec
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -108,7 +108,7 @@ def generate(family: str, count: int, size_min: int, size_max: int, seed: int, o
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pcgcvae.dataset", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pcgcvae.training.dataset", description=__doc__.split("\n")[0])
     ap.add_argument("--family", choices=["poisson", "elasticity"], required=True)
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--size-min", type=int, default=8, help="cells per side, smallest")
