@@ -36,7 +36,7 @@ from .models_registry import default_model_name
 from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
-from .symmetry import check_local, check_parallel
+from .symmetry import check_couplings, check_local
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
 _STAGES = ("local block", "model load", "ordering", "scale", "symmetry check", "pattern", "graph", "inference",
@@ -328,7 +328,7 @@ class SPAIFactorPC:
     def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray, PETSc.Mat]:
         check_operator(block.csr, block.global_index)
         ahat, dinv = scale_symmetric(block.csr)
-        if self.check_symmetry and not self._parallel:  # in parallel: check_parallel, in _setup
+        if self.check_symmetry:  # the couplings between ranks: check_couplings, in _setup
             with self._timed("symmetry check"):
                 check_local(ahat, self.symmetry_tol, self.name, self.options_stem + "check_symmetry",
                             block.global_index)
@@ -427,7 +427,7 @@ class SPAIFactorPC:
         self._parallel = comm.getSize() > 1
         if self.check_symmetry and self._parallel:  # the couplings between ranks too; collective
             with self._timed("symmetry check"):
-                check_parallel(P, self.symmetry_tol, self.name, self.options_stem + "check_symmetry")
+                check_couplings(P, self.symmetry_tol, self.name, self.options_stem + "check_symmetry")
         with self._timed("local block"):
             block = self._local_block(P)  # collective with overlap
 
