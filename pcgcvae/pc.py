@@ -548,6 +548,8 @@ class GCVAEPC(SPAIFactorPC):
         self.role = "krylov"
         self.guard_threshold: float | None = None  # None: the model's calibrated threshold
         self.guard_fraction = DEFAULT_FRACTION
+        self.guard_recheck = False
+        self._guard_cache: dict = {}  # the last decision and what it was made for
         self.fallback_reason = ""
         self.model = None
         self.model_info: dict = {}
@@ -563,6 +565,7 @@ class GCVAEPC(SPAIFactorPC):
         if opts.hasName(stem + "guard_threshold"):
             self.guard_threshold = opts.getReal(stem + "guard_threshold")
         self.guard_fraction = opts.getReal(stem + "guard_fraction", self.guard_fraction)
+        self.guard_recheck = opts.getBool(stem + "guard_recheck", self.guard_recheck)
 
     def _validate_options(self) -> None:
         super()._validate_options()
@@ -663,22 +666,37 @@ class GCVAEPC(SPAIFactorPC):
     def _revise(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray) -> np.ndarray:
         """The guard: estimate the factor's Kaporin gap to FSAI on the same pattern from a
         random sample of every rank's rows (:mod:`pcgcvae.guard`); above the threshold,
-        every rank builds classical FSAI instead.  One allgather decides for all ranks."""
+        every rank builds classical FSAI instead.  One allgather decides for all ranks.
+
+        The decision is cached per nonzero structure: a re-setup with new values on the same
+        structure (Newton, time steps) and the same guard settings keeps it without sampling
+        again, unless ``-pc_gcvae_guard_recheck`` asks for a new estimate."""
         threshold, source = self._guard_threshold()
         self.stats["guard"] = None
         if self.fallback_reason or threshold is None:
             self.stats["guard_off"] = "fallback FSAI" if self.fallback_reason else source
+            self._guard_cache = {}
             return g
         comm = P.getComm()
-        seed = self.seed + 104729 * (comm.getRank() + 1)
-        with self._timed("guard", "GCVAEGuard"):
-            mine = self._collective(comm, lambda: local_sample(prob.ahat, prob.s, g, prob.block.owned,
-                                                               self.guard_fraction, seed))
-            samples = comm.tompi4py().allgather(mine)
-            estimate = combine(samples)
-        fired = bool(estimate > threshold)
-        self.stats["guard"] = {"estimate": estimate, "threshold": threshold, "source": source, "fired": fired,
-                               "rows": sum(s.sampled for s in samples), "of": sum(s.owned for s in samples)}
+        key = (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
+               self._model_for(P.getBlockSize()), self.seed)
+        same_structure = comm.tompi4py().allreduce("scaled operator's structure" in self._reused, op=MPI.LAND)
+        if not self.guard_recheck and same_structure and self._guard_cache.get("key") == key:
+            guard = dict(self._guard_cache["stats"], reused=True)
+            self._reused.append("guard decision")
+        else:
+            seed = self.seed + 104729 * (comm.getRank() + 1)
+            with self._timed("guard", "GCVAEGuard"):
+                mine = self._collective(comm, lambda: local_sample(prob.ahat, prob.s, g, prob.block.owned,
+                                                                   self.guard_fraction, seed))
+                samples = comm.tompi4py().allgather(mine)
+                estimate = combine(samples)
+            guard = {"estimate": estimate, "threshold": threshold, "source": source,
+                     "fired": bool(estimate > threshold), "rows": sum(s.sampled for s in samples),
+                     "of": sum(s.owned for s in samples), "reused": False}
+            self._guard_cache = {"key": key, "stats": guard}
+        fired = guard["fired"]
+        self.stats["guard"] = guard
         if fired:
             with self._timed("fsai", "FSAIFactor"):
                 g = self._collective(comm, lambda: fsai_values(prob.ahat, prob.s, rows=prob.block.owned,
@@ -691,9 +709,11 @@ class GCVAEPC(SPAIFactorPC):
             return f"guard off ({self.stats.get('guard_off', 'not set up')})"
         verdict = ("FIRED: classical FSAI, not the GCVAE, built this factor" if guard["fired"]
                    else "kept the GCVAE factor")
+        reused = (" [decision reused from an earlier setup on the same nonzero structure; "
+                  "-pc_gcvae_guard_recheck to estimate again]" if guard.get("reused") else "")
         return (f"guard: estimated Kaporin gap to FSAI on the same pattern {guard['estimate']:+.4f} "
                 f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
-                f"({guard['source']}): {verdict}")
+                f"({guard['source']}): {verdict}{reused}")
 
     def _view_lines(self) -> list[str]:
         meta = self.model_info.get("meta", {})

@@ -110,3 +110,27 @@ def test_guard_quiet_in_distribution_and_fires_out_of_it() -> None:
     assert bare.iterations > 1.1 * fsai.iterations, (bare.iterations, fsai.iterations)
     assert guarded.pc_stats["guard"]["fired"], guarded.pc_stats["guard"]
     assert guarded.iterations == fsai.iterations
+
+
+def test_guard_decision_is_cached_per_structure(tiny_poisson, capfd) -> None:
+    """New values on the same structure keep the decision without sampling again (and -ksp_view says so);
+    -pc_gcvae_guard_recheck estimates again; another structure always estimates again."""
+    A = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=2)
+    for recheck, reused in (("false", True), ("true", False)):
+        ksp, ctx = _setup(A.copy(), pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_recheck=recheck)
+        first = dict(ctx.stats["guard"])
+        assert first["reused"] is False
+        P = ksp.getOperators()[0]
+        P.scale(3.0)  # new values, same structure
+        ksp.setUp()
+        assert ctx.stats["guard"]["reused"] is reused
+        assert ctx.stats["guard"]["fired"] == first["fired"]
+        assert ("guard decision" in ctx.stats["reused"]) is reused
+        if reused:
+            ksp.view()
+            assert "decision reused from an earlier setup" in capfd.readouterr().out
+        B = laplacian_2d(31, comm=PETSc.COMM_SELF, kappa_seed=2)  # another structure
+        ksp.reset()
+        ksp.setOperators(B)
+        ksp.setUp()
+        assert ctx.stats["guard"]["reused"] is False

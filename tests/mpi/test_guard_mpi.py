@@ -84,3 +84,15 @@ def test_replaced_operator_of_another_size_under_mpi(comm, tiny_poisson) -> None
         assert its[0] == its[1], (m, its)
         assert ksp.getPC().getPythonContext().G.getSize() == (m * m, m * m)
     assert np.isfinite(ksp.getPC().getPythonContext().stats["kaporin"])
+
+
+def test_guard_decision_cache_is_collective(comm, tiny_poisson) -> None:
+    """New values on the same structure: every rank reuses the decision; -pc_gcvae_guard_recheck: none."""
+    A = laplacian_2d(24, kappa_seed=3)
+    for recheck in ("false", "true"):
+        ksp = python_ksp(A.copy(), "GCVAEPC", pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_recheck=recheck)
+        ksp.setUp()
+        ksp.getOperators()[0].scale(2.0)
+        ksp.setUp()
+        ctx = ksp.getPC().getPythonContext()
+        assert comm.allgather(ctx.stats["guard"]["reused"]) == [recheck == "false"] * comm.size
