@@ -38,7 +38,9 @@ FAMILIES = {
 PCS = ["none", "jacobi", "sor", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-k4", "fsai-ov1", "gcvae-ov1",
        "gamg", "gamg-fsai-smoother", "gamg-gcvae-smoother"]
 FIELDS = ["family", "dofs", "ranks", "pc", "iterations", "converged", "setup_s", "solve_s", "total_s", "nnz",
-          "setup_mem_mb", "peak_rss_mb"]
+          "setup_mem_mb", "peak_rss_mb", "guard_estimate", "guard_signal", "guard_alpha", "guard_predicted",
+          "guard_cost_s"]
+GUARD_FIELDS = FIELDS[-5:]
 
 
 def _rss_mb() -> float:
@@ -83,7 +85,7 @@ def run_case(P, b, pc: str, repeats: int) -> dict:  # noqa: ANN001
     for k, v in full.items():
         opts[prefix + k] = v
     setups, solves, mems, peaks = [], [], [], []
-    its, converged, nnz = 0, False, None
+    its, converged, nnz, guard = 0, False, None, None
     try:
         for _ in range(repeats):
             ksp = PETSc.KSP().create(comm=comm)
@@ -105,6 +107,7 @@ def run_case(P, b, pc: str, repeats: int) -> dict:  # noqa: ANN001
             peaks.append(comm.tompi4py().allreduce(peak, op=MPI.MAX))
             its, converged = ksp.getIterationNumber(), ksp.getConvergedReason() > 0
             nnz = preconditioner_nnz(ksp, pc_opts, P)
+            guard = _guard_stats(ksp) if guard is None else guard  # the first (uncached) setup's guard
             ksp.destroy()
     finally:
         for k in full:
@@ -112,7 +115,19 @@ def run_case(P, b, pc: str, repeats: int) -> dict:  # noqa: ANN001
     setup, solve = float(np.median(setups)), float(np.median(solves))
     return {"iterations": its, "converged": converged, "setup_s": round(setup, 5), "solve_s": round(solve, 5),
             "total_s": round(setup + solve, 5), "nnz": nnz, "setup_mem_mb": round(float(np.median(mems)), 2),
-            "peak_rss_mb": round(max(peaks), 1)}
+            "peak_rss_mb": round(max(peaks), 1), **(guard or {})}
+
+
+def _guard_stats(ksp) -> dict:  # noqa: ANN001
+    """The GCVAE guard's signals, decision and cost as bench columns ({} for other preconditioners)."""
+    from .foreign import guard_columns
+
+    pc = ksp.getPC()
+    ctx = pc.getPythonContext() if pc.getType() == "python" else None
+    guard = getattr(ctx, "stats", {}).get("guard") if ctx is not None else None
+    if not isinstance(guard, dict):
+        return {}
+    return {k: v for k, v in guard_columns(guard).items() if k in GUARD_FIELDS}
 
 
 def load_models(families: list[str], pcs: list[str]) -> float:
@@ -175,19 +190,19 @@ def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = [f"Benchmark: {meta['when']} on {meta['machine']}; CG rtol 1e-8; times are medians of "
              f"{meta['repeats']} solves (max over ranks). Before timing, each run imported torch and loaded "
              f"the models once ({meta['model_load_s']}; a user's first GCVAE setup in a process pays it).", ""]
     lines += ["| family | dofs | ranks | preconditioner | iterations | setup (s) | solve (s) | total (s) | nnz | "
-              "setup mem (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "setup mem (MB) | peak RSS (MB) | guard |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         its = str(r["iterations"]) if r["converged"] else f"{r['iterations']} (not conv.)"
         lines.append(f"| {r['family']} | {r['dofs']} | {r['ranks']} | {r['pc']} | {its} | {r['setup_s']:.4f} | "
                      f"{r['solve_s']:.4f} | {r['total_s']:.4f} | {r['nnz'] if r['nnz'] is not None else '-'} | "
-                     f"{r['setup_mem_mb']} | {r['peak_rss_mb']} |")
+                     f"{r['setup_mem_mb']} | {r['peak_rss_mb']} | {_guard_cell(r)} |")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (out / "summary.md").write_text(summarise(rows))
@@ -235,6 +250,32 @@ def _plot(rows: list[dict], key: str, label: str, png: Path) -> None:
     plt.close(fig)
 
 
+def _guard_cell(r: dict) -> str:
+    """The guard's decision in a table cell: what built the factor, why, and what it cost."""
+    if r.get("guard_alpha") in (None, ""):
+        return "-"
+    alpha = float(r["guard_alpha"])
+    what = "GCVAE" if alpha == 1.0 else "FSAI" if alpha == 0.0 else f"blend α={alpha:g}"
+    pred = r.get("guard_predicted")
+    pred = f", predicted {float(pred):.3f}" if pred not in (None, "") else ""
+    return (f"{what} (gap {float(r['guard_estimate']):+.4f}{pred}, {r['guard_signal']}; "
+            f"{float(r['guard_cost_s']):.3f} s)")
+
+
+def guard_summary(rows: list[dict]) -> list[str]:
+    """How often the guard fired and what it cost, relative to the GCVAE's setup + solve."""
+    out = []
+    for pc in dict.fromkeys(r["pc"] for r in rows if r.get("guard_alpha") not in (None, "")):
+        gr = [r for r in rows if r["pc"] == pc and r.get("guard_alpha") not in (None, "")]
+        fired = [r for r in gr if float(r["guard_alpha"]) != 1.0]
+        share = [float(r["guard_cost_s"]) / float(r["total_s"]) for r in gr if float(r["total_s"]) > 0]
+        where = ", ".join(f"{r['family']} {r['dofs']}" for r in fired) or "none"
+        out.append(f"- guard ({pc}): fired on {len(fired)}/{len(gr)} setups ({where}); its cost is "
+                   f"{100 * float(np.median(share)):.1f} % (median; max {100 * max(share):.1f} %) of the "
+                   "GCVAE's setup + solve")
+    return out
+
+
 def _ratio(rows: list[dict], fam: str, dofs: int, ranks: int, num: str, den: str, key: str) -> float | None:
     pick = {r["pc"]: r for r in rows if r["family"] == fam and r["dofs"] == dofs and r["ranks"] == ranks}
     a, b = pick.get(num), pick.get(den)
@@ -261,7 +302,7 @@ def summarise(rows: list[dict]) -> str:
             continue
         lines.append(f"| {fam} | {dofs} | {ranks} | "
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *guard_summary(rows)]) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:

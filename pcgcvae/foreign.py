@@ -83,7 +83,8 @@ PC_OPTIONS: dict[str, dict[str, Any]] = {
 SAME_PATTERN = {"gcvae": "fsai", "gcvae2": "fsai2", "gcvae-noguard": "fsai", "gcvae2-noguard": "fsai2"}
 FIELDS = ["problem", "kind", "description", "dofs", "nnz", "block_size", "pc", "iterations", "converged",
           "iterations_own", "converged_own", "iterations_c", "setup_s", "solve_s", "total_s", "kaporin",
-          "kaporin_gap", "guard_estimate", "guard_threshold", "guard_fired", "guard_rows", "error"]
+          "kaporin_gap", "guard_estimate", "guard_threshold", "guard_fired", "guard_rows", "guard_signal",
+          "guard_alpha", "guard_predicted", "guard_cost_s", "error"]
 RTOL = 1e-8
 MAX_IT = 20000
 
@@ -706,9 +707,9 @@ def _random_rhs(built: Built, name: str):  # noqa: ANN202
     return b
 
 
-def _ksp_options(built: Built, pc: str) -> dict[str, Any]:
+def _ksp_options(built: Built, pc_options: dict[str, Any]) -> dict[str, Any]:
     if built.split is None:
-        return {**CG_OPTIONS, **PC_OPTIONS[pc]}
+        return {**CG_OPTIONS, **pc_options}
     # Stokes: MINRES on the saddle point, block-diagonal preconditioner diag(row PC on the velocity block,
     # Jacobi on the pressure mass matrix)
     opts = {"ksp_type": "minres", "ksp_rtol": RTOL, "ksp_atol": 0.0, "ksp_max_it": MAX_IT,
@@ -716,20 +717,36 @@ def _ksp_options(built: Built, pc: str) -> dict[str, Any]:
             "pc_fieldsplit_schur_precondition": "a11", "pc_fieldsplit_schur_scale": 1.0,
             "fieldsplit_0_ksp_type": "preonly", "fieldsplit_1_ksp_type": "preonly",
             "fieldsplit_1_pc_type": "jacobi"}
-    opts.update({f"fieldsplit_0_{k}": v for k, v in PC_OPTIONS[pc].items()})
+    opts.update({f"fieldsplit_0_{k}": v for k, v in pc_options.items()})
     return opts
 
 
 _counter = iter(range(10**9))
 
 
-def run_pc(built: Built, name: str, pc: str, b_random) -> dict[str, Any]:  # noqa: ANN001
-    """Set up ``pc`` on the problem and solve the random and the own right-hand side (one KSP)."""
+def guard_columns(guard: dict) -> dict[str, Any]:
+    """The guard's signals and decision (``stats['guard']`` of GCVAEPC) as table columns."""
+    est, thr = guard.get("estimate"), guard.get("threshold")
+    model_trial = guard.get("trials", {}).get(1.0)
+    return {"guard_estimate": None if est is None else round(float(est), 6),
+            "guard_threshold": None if thr is None else float(thr),
+            "guard_fired": bool(guard.get("fired")), "guard_rows": guard.get("rows"),
+            "guard_signal": guard.get("signal"), "guard_alpha": guard.get("alpha"),
+            "guard_predicted": None if model_trial is None else round(float(model_trial["ratio"]), 4),
+            "guard_cost_s": None if guard.get("cost") is None else round(float(guard["cost"]), 4),
+            # every candidate's short-CG trial, keyed by alpha (JSON only)
+            "guard_trials": {f"{a:g}": t for a, t in guard.get("trials", {}).items()}}
+
+
+def run_pc(built: Built, name: str, pc: str, b_random, pc_options: dict[str, Any] | None = None,  # noqa: ANN001
+           ) -> dict[str, Any]:
+    """Set up ``pc`` (or ``pc_options`` under that name) on the problem and solve the random and the own
+    right-hand side (one KSP)."""
     from petsc4py import PETSc
 
     prefix = f"foreign{next(_counter)}_"
     opts = PETSc.Options()
-    full = _ksp_options(built, pc)
+    full = _ksp_options(built, PC_OPTIONS[pc] if pc_options is None else pc_options)
     for k, v in full.items():
         opts[prefix + k] = v
     row: dict[str, Any] = {"pc": pc}
@@ -764,10 +781,7 @@ def run_pc(built: Built, name: str, pc: str, b_random) -> dict[str, Any]:  # noq
             row["kaporin"] = round(float(stats["kaporin"]), 6)
         guard = stats.get("guard")
         if isinstance(guard, dict):
-            est, thr = guard.get("estimate"), guard.get("threshold")
-            row.update(guard_estimate=None if est is None else round(float(est), 6),
-                       guard_threshold=None if thr is None else float(thr),
-                       guard_fired=bool(guard.get("fired")), guard_rows=guard.get("rows"))
+            row.update(guard_columns(guard))
     except Exception as exc:  # a failure is a result of the suite, not the end of it
         row.update(iterations=0, converged=False, error=f"{type(exc).__name__}: {exc}"[:500].replace("\n", " "))
     finally:
@@ -865,8 +879,17 @@ def summary_lines(rows: list[dict]) -> list[str]:
         reported = [r for r in gr if r.get("guard_fired") not in (None, "")]
         fired = [r["problem"] for r in reported if r["guard_fired"] in (True, "True")]
         if reported:
+            share = [float(r["guard_cost_s"]) / float(r["total_s"]) for r in reported
+                     if r.get("guard_cost_s") not in (None, "") and r.get("total_s") and float(r["total_s"]) > 0]
+            by_signal = {}
+            for r in reported:
+                if r["guard_fired"] in (True, "True"):
+                    by_signal[r.get("guard_signal")] = by_signal.get(r.get("guard_signal"), 0) + 1
             out.append(f"- guard ({pc}): reported on {len(reported)}/{len(gr)} setups, fired on {len(fired)}"
-                       + (f" ({', '.join(fired)})" if fired else ""))
+                       + (f" ({', '.join(fired)})" if fired else "")
+                       + (" [" + ", ".join(f"{n} by the {k}" for k, n in by_signal.items()) + "]" if by_signal else "")
+                       + (f"; its cost {100 * float(np.median(share)):.1f} % (median; max {100 * max(share):.1f} %)"
+                          " of the GCVAE's setup + solve" if share else ""))
         else:
             out.append(f"- guard ({pc}): not reported by the preconditioner on any of {len(gr)} setups "
                        "(no stats['guard'])")
@@ -883,7 +906,7 @@ def write_outputs(problems: list[dict], rows: list[dict], out: Path, meta: dict)
     """foreign.csv, foreign.json and foreign.md in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "foreign.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in FIELDS})
@@ -923,8 +946,8 @@ def write_outputs(problems: list[dict], rows: list[dict], out: Path, meta: dict)
                   + f", nnz of the preconditioned matrix {p['nnz']}, block size {p['block_size']}"
                   + f"; own right-hand side: {'yes' if p['own_rhs'] else 'no'}.", "",
                   "| pc | iterations | own rhs | in the C program | setup (s) | total (s) | Kaporin | gap to FSAI "
-                  "| guard estimate | threshold | fired | rows |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| guard estimate | threshold | rows | predicted ratio | decided by | fired | guard cost (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in prs:
             its = str(r.get("iterations")) + ("" if r.get("converged") else " (not conv.)")
             own = _cell(r.get("iterations_own")) + ("" if r.get("converged_own", True) else " (not conv.)")
@@ -932,7 +955,9 @@ def write_outputs(problems: list[dict], rows: list[dict], out: Path, meta: dict)
                          f"{_cell(r.get('setup_s'), '{:.3f}')} | {_cell(r.get('total_s'), '{:.3f}')} | "
                          f"{_cell(r.get('kaporin'), '{:.5f}')} | {_cell(r.get('kaporin_gap'), '{:+.5f}')} | "
                          f"{_cell(r.get('guard_estimate'), '{:.5f}')} | {_cell(r.get('guard_threshold'))} | "
-                         f"{_cell(r.get('guard_fired'))} | {_cell(r.get('guard_rows'))} |")
+                         f"{_cell(r.get('guard_rows'))} | {_cell(r.get('guard_predicted'), '{:.3f}')} | "
+                         f"{_cell(r.get('guard_signal'))} | {_cell(r.get('guard_fired'))} | "
+                         f"{_cell(r.get('guard_cost_s'), '{:.3f}')} |")
         ratios = []
         for key, what in (("iterations", "random rhs"), ("iterations_own", "own rhs")):
             vals = [_ratio(prs, p["problem"], g, f, key) for g, f in (("gcvae", "fsai"), ("gcvae-noguard", "fsai"),

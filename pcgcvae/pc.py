@@ -30,13 +30,14 @@ from .csr import CSR, check_operator, scale_symmetric
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import build_arrays
 from .fsai import fsai_values, kaporin_score
-from .guard import DEFAULT_FRACTION, DEFAULT_THRESHOLD, combine, local_sample
+from .guard import DEFAULT_FRACTION, DEFAULT_RATIO, DEFAULT_STEPS, DEFAULT_THRESHOLD, combine, local_sample
 from .inference import load_inference_model
 from .models_registry import default_model_name
 from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
 from .symmetry import check_couplings, check_local
+from .trial import exact_solution, predicted_ratio, short_cg
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
 _STAGES = ("local block", "model load", "ordering", "scale", "symmetry check", "pattern", "graph", "inference",
@@ -88,6 +89,18 @@ def matrix_family(mtype: str) -> str:
     the blocked and symmetric-block formats (G is triangular, not block-structured)."""
     base = mtype[3:] if mtype.startswith(("seq", "mpi")) else mtype
     return base if base.startswith("aij") else PETSc.Mat.Type.AIJ
+
+
+def factor_matrix(P: PETSc.Mat, factor: CSR) -> PETSc.Mat:
+    """The parallel factor G (collective): ``factor`` holds this rank's owned rows of G with
+    global column indices; G has P's sizes and P's AIJ family (:func:`matrix_family`)."""
+    G = PETSc.Mat().create(comm=P.getComm())
+    G.setSizes(P.getSizes())
+    G.setType(matrix_family(P.getType()))
+    G.setPreallocationCSR((factor.indptr.astype(PETSc.IntType), factor.indices.astype(PETSc.IntType),
+                           factor.data.astype(PETSc.ScalarType)))  # inserts the values and assembles
+    G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+    return G
 
 
 class SPAIFactorPC:
@@ -375,6 +388,9 @@ class SPAIFactorPC:
             s, a2 = self._pattern(ahat, ahat_mat)
         return _LocalProblem(block, reordered, ahat, dinv, ahat_mat, s, a2)
 
+    def _before_values(self, P: PETSc.Mat) -> None:
+        """Subclass hook, collective: runs on every rank once every rank has its local problem."""
+
     def _revise(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray) -> np.ndarray:
         """Subclass hook, collective: revise the factor values of every rank together
         (the GCVAE's guard); runs on every rank after every rank has its values."""
@@ -431,13 +447,14 @@ class SPAIFactorPC:
         with self._timed("local block"):
             block = self._local_block(P)  # collective with overlap
 
-        def local_values() -> tuple[_LocalProblem, np.ndarray]:
+        def local_problem() -> _LocalProblem:
             self._prepare(P)
-            prob = self._local_problem(P, block)
-            bs = P.getBlockSize()
-            return prob, self._factor_values(prob.ahat, prob.ahat_mat, prob.s, prob.a2, prob.block, bs)
+            return self._local_problem(P, block)
 
-        prob, g = self._collective(comm, local_values)
+        prob = self._collective(comm, local_problem)
+        self._before_values(P)
+        g = self._collective(comm, lambda: self._factor_values(prob.ahat, prob.ahat_mat, prob.s, prob.a2,
+                                                               prob.block, P.getBlockSize()))
         g = self._revise(P, prob, g)
         factor, stats = self._collective(comm, lambda: self._local_factor(P, prob, g))
         with self._timed("assembly", self.name + "Assembly"):
@@ -480,12 +497,7 @@ class SPAIFactorPC:
         )
         if comm.tompi4py().allreduce(structure_changed, op=MPI.LOR):
             self._destroy_factor()
-            G = PETSc.Mat().create(comm=comm)
-            G.setSizes(P.getSizes())
-            G.setType(family)
-            G.setPreallocationCSR((ia, ja, va))  # inserts the values and assembles
-            G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
-            self.G = G
+            self.G = factor_matrix(P, factor)
             self.GT = PETSc.Mat()  # an empty handle: MAT_INITIAL_MATRIX (no argument = in place)
             self.G.transpose(self.GT)
             if self.GT.getType() != self.G.getType():
@@ -533,6 +545,14 @@ class GCVAEPC(SPAIFactorPC):
     ``-pc_gcvae_role krylov|smoother`` (which shipped model serves by default:
     the one tuned for CG, or the one for multigrid smoothing; see
     :func:`pcgcvae.training.checkpoint.default_model_name`).
+
+    The guard (see :meth:`_revise`): ``-pc_gcvae_guard_threshold T`` (the sampled Kaporin gap above
+    which FSAI is built instead; default: the model's calibration; < 0 turns the whole guard off),
+    ``-pc_gcvae_guard_fraction F`` (of each rank's rows sampled), ``-pc_gcvae_guard_steps K`` (CG steps
+    per candidate in the spectral check; 0: the Kaporin gap alone), ``-pc_gcvae_guard_ratio R``
+    (keep a candidate whose predicted iterations are at most R times FSAI's),
+    ``-pc_gcvae_guard_alphas a,b,...`` (candidate blends G_FSAI + α (G_GCVAE − G_FSAI), default 1),
+    ``-pc_gcvae_guard_recheck`` (measure again on a re-setup with the same structure).
     """
 
     options_stem = "pc_gcvae_"
@@ -549,7 +569,11 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_threshold: float | None = None  # None: the model's calibrated threshold
         self.guard_fraction = DEFAULT_FRACTION
         self.guard_recheck = False
+        self.guard_steps = DEFAULT_STEPS
+        self.guard_ratio = DEFAULT_RATIO
+        self.guard_alphas: list[float] = [1.0]
         self._guard_cache: dict = {}  # the last decision and what it was made for
+        self._cached_guard: dict | None = None  # this setup's: the cached decision, when it holds
         self.fallback_reason = ""
         self.model = None
         self.model_info: dict = {}
@@ -566,6 +590,15 @@ class GCVAEPC(SPAIFactorPC):
             self.guard_threshold = opts.getReal(stem + "guard_threshold")
         self.guard_fraction = opts.getReal(stem + "guard_fraction", self.guard_fraction)
         self.guard_recheck = opts.getBool(stem + "guard_recheck", self.guard_recheck)
+        self.guard_steps = opts.getInt(stem + "guard_steps", self.guard_steps)
+        self.guard_ratio = opts.getReal(stem + "guard_ratio", self.guard_ratio)
+        if opts.hasName(stem + "guard_alphas"):
+            text = opts.getString(stem + "guard_alphas")
+            try:
+                self.guard_alphas = [float(a) for a in text.replace(",", " ").split()]
+            except ValueError:
+                raise OptionError(f"-pc_gcvae_guard_alphas must be a comma-separated list of numbers, "
+                                  f"got '{text}'") from None
 
     def _validate_options(self) -> None:
         super()._validate_options()
@@ -581,6 +614,12 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_guard_threshold must be a finite number, got {self.guard_threshold}")
         if not 0 < self.guard_fraction <= 1:
             raise OptionError(f"-pc_gcvae_guard_fraction must be in (0, 1], got {self.guard_fraction}")
+        if self.guard_steps < 0:
+            raise OptionError(f"-pc_gcvae_guard_steps must be >= 0, got {self.guard_steps}")
+        if not (self.guard_ratio > 0 and np.isfinite(self.guard_ratio)):
+            raise OptionError(f"-pc_gcvae_guard_ratio must be a positive number, got {self.guard_ratio}")
+        if not self.guard_alphas or not all(0 <= a <= 1 for a in self.guard_alphas):
+            raise OptionError(f"-pc_gcvae_guard_alphas must be one or more numbers in [0, 1], got {self.guard_alphas}")
 
     def _ordering(self) -> str:
         """The option, else the ordering the model was trained with (natural for models that predate
@@ -621,7 +660,8 @@ class GCVAEPC(SPAIFactorPC):
         if ahat.n == 0:  # a rank without rows (e.g. a coarse GAMG level)
             self.stats["sample_scores"] = []
             return np.zeros(0)
-        if self.fallback_reason:
+        cached_fsai = self._cached_guard is not None and self._cached_guard["alpha"] == 0.0
+        if self.fallback_reason or cached_fsai:  # no inference when FSAI will be used anyway
             self.stats["sample_scores"] = []
             with self._timed("fsai", "FSAIFactor"):
                 return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index)
@@ -664,13 +704,20 @@ class GCVAEPC(SPAIFactorPC):
         return DEFAULT_THRESHOLD, "the package default (the model records no calibration)"
 
     def _revise(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray) -> np.ndarray:
-        """The guard: estimate the factor's Kaporin gap to FSAI on the same pattern from a
-        random sample of every rank's rows (:mod:`pcgcvae.guard`); above the threshold,
-        every rank builds classical FSAI instead.  One allgather decides for all ranks.
+        """The guard (collective; one decision for every rank).
 
-        The decision is cached per nonzero structure: a re-setup with new values on the same
-        structure (Newton, time steps) and the same guard settings keeps it without sampling
-        again, unless ``-pc_gcvae_guard_recheck`` asks for a new estimate."""
+        1. Rows: the factor's Kaporin gap to FSAI on the same pattern, estimated from a random
+           sample of every rank's rows (:mod:`pcgcvae.guard`); above the threshold FSAI is built
+           instead and nothing else is tried.
+        2. Spectrum (``-pc_gcvae_guard_steps`` > 0): FSAI is built on every row, and each candidate
+           G(α) = G_FSAI + α (G_GCVAE − G_FSAI) (α = 0, FSAI itself, and ``-pc_gcvae_guard_alphas``,
+           default 1: the model's factor) runs a few CG steps on the same random system
+           (:mod:`pcgcvae.trial`); the candidate with the lowest predicted iteration count is kept
+           when it beats FSAI's prediction by the ratio ``-pc_gcvae_guard_ratio``, else FSAI.
+
+        The decision (α) is cached per nonzero structure: a re-setup with new values on the same
+        structure (Newton, time steps) and the same guard settings keeps it without measuring
+        again, unless ``-pc_gcvae_guard_recheck`` asks for it."""
         threshold, source = self._guard_threshold()
         self.stats["guard"] = None
         if self.fallback_reason or threshold is None:
@@ -678,42 +725,117 @@ class GCVAEPC(SPAIFactorPC):
             self._guard_cache = {}
             return g
         comm = P.getComm()
-        key = (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
-               self._model_for(P.getBlockSize()), self.seed)
-        same_structure = comm.tompi4py().allreduce("scaled operator's structure" in self._reused, op=MPI.LAND)
-        if not self.guard_recheck and same_structure and self._guard_cache.get("key") == key:
-            guard = dict(self._guard_cache["stats"], reused=True)
+        fsai = None
+        if self._cached_guard is not None:  # values g are already FSAI's when the decision was FSAI
+            guard = dict(self._cached_guard, reused=True, cost=0.0)
             self._reused.append("guard decision")
         else:
-            seed = self.seed + 104729 * (comm.getRank() + 1)
-            with self._timed("guard", "GCVAEGuard"):
-                mine = self._collective(comm, lambda: local_sample(prob.ahat, prob.s, g, prob.block.owned,
-                                                                   self.guard_fraction, seed))
-                samples = comm.tompi4py().allgather(mine)
-                estimate = combine(samples)
-            guard = {"estimate": estimate, "threshold": threshold, "source": source,
-                     "fired": bool(estimate > threshold), "rows": sum(s.sampled for s in samples),
-                     "of": sum(s.owned for s in samples), "reused": False}
-            self._guard_cache = {"key": key, "stats": guard}
-        fired = guard["fired"]
+            t0 = time.perf_counter()
+            guard, fsai = self._decide(P, prob, g, threshold, source)
+            cost = comm.tompi4py().allreduce(time.perf_counter() - t0, op=MPI.MAX)
+            guard.update(reused=False, cost=cost)
+            self._guard_cache = {"key": self._guard_key(P, threshold), "stats": guard}
         self.stats["guard"] = guard
-        if fired:
-            with self._timed("fsai", "FSAIFactor"):
-                g = self._collective(comm, lambda: fsai_values(prob.ahat, prob.s, rows=prob.block.owned,
-                                                               global_index=prob.block.global_index))
-        return g
+        alpha = guard["alpha"]
+        if alpha == 1.0 or (alpha == 0.0 and self._cached_guard is not None):
+            return g
+        if fsai is None:
+            fsai = self._fsai_everywhere(comm, prob)
+        return fsai if alpha == 0.0 else self._blend(comm, prob, g, fsai, alpha)
+
+    def _guard_key(self, P: PETSc.Mat, threshold: float) -> tuple:
+        """What a cached guard decision was made for (besides the nonzero structure)."""
+        return (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
+                self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self.guard_ratio,
+                tuple(self.guard_alphas))
+
+    def _before_values(self, P: PETSc.Mat) -> None:
+        """Decide, on every rank alike, whether the cached guard decision holds: the same nonzero
+        structure on every rank, the same guard settings, and no ``-pc_gcvae_guard_recheck``."""
+        self._cached_guard = None
+        threshold, _ = self._guard_threshold()
+        if self.fallback_reason or threshold is None:
+            return
+        same = P.getComm().tompi4py().allreduce("scaled operator's structure" in self._reused, op=MPI.LAND)
+        if not self.guard_recheck and same and self._guard_cache.get("key") == self._guard_key(P, threshold):
+            self._cached_guard = self._guard_cache["stats"]
+
+    def _fsai_everywhere(self, comm: PETSc.Comm, prob: _LocalProblem) -> np.ndarray:
+        with self._timed("fsai", "FSAIFactor"):
+            return self._collective(comm, lambda: fsai_values(prob.ahat, prob.s, rows=prob.block.owned,
+                                                              global_index=prob.block.global_index))
+
+    def _blend(self, comm: PETSc.Comm, prob: _LocalProblem, g: np.ndarray, fsai: np.ndarray,
+               alpha: float) -> np.ndarray:
+        """G(α) = G_FSAI + α (G_GCVAE − G_FSAI), rows renormalised (diag(G Â Gᵀ) = 1)."""
+        def blend() -> np.ndarray:
+            v = fsai + alpha * (g - fsai)
+            return normalise_rows_petsc(prob.s.with_data(v), prob.ahat_mat) if prob.s.n else v
+        return self._collective(comm, blend)
+
+    def _decide(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray, threshold: float,
+                source: str) -> tuple[dict, np.ndarray | None]:
+        """The guard's measurements and decision (``alpha``), and FSAI's values if they were built."""
+        comm = P.getComm()
+        seed = self.seed + 104729 * (comm.getRank() + 1)
+        with self._timed("guard", "GCVAEGuard"):
+            mine = self._collective(comm, lambda: local_sample(prob.ahat, prob.s, g, prob.block.owned,
+                                                               self.guard_fraction, seed))
+            samples = comm.tompi4py().allgather(mine)
+            estimate = combine(samples)
+        guard = {"estimate": estimate, "threshold": threshold, "source": source,
+                 "rows": sum(s.sampled for s in samples), "of": sum(s.owned for s in samples),
+                 "steps": self.guard_steps, "ratio_threshold": self.guard_ratio, "trials": {}}
+        if estimate > threshold:
+            guard.update(alpha=0.0, fired=True, signal="Kaporin gap")
+            return guard, None
+        if self.guard_steps == 0:
+            guard.update(alpha=1.0, fired=False, signal="Kaporin gap")
+            return guard, None
+        fsai = self._fsai_everywhere(comm, prob)
+        with self._timed("guard", "GCVAEGuard"):
+            xstar = exact_solution(P, self.seed)
+            trials = {}
+            try:
+                for alpha in [0.0] + [a for a in self.guard_alphas if a != 0.0]:
+                    values = fsai if alpha == 0.0 else g if alpha == 1.0 else self._blend(comm, prob, g, fsai, alpha)
+                    factor, _ = self._collective(comm, lambda v=values: self._local_factor(P, prob, v))
+                    G = factor_matrix(P, factor)
+                    try:
+                        trials[alpha] = short_cg(P, G, xstar, self.guard_steps)
+                    finally:
+                        G.destroy()
+            finally:
+                xstar.destroy()
+        ratios = {a: predicted_ratio(t, trials[0.0]) for a, t in trials.items()}
+        best = min(ratios, key=lambda a: (ratios[a], a))
+        alpha = best if best != 0.0 and ratios[best] <= self.guard_ratio else 0.0
+        guard.update(alpha=alpha, fired=alpha != 1.0, signal="short CG",
+                     trials={a: {"ratio": ratios[a], "reduction": t.reduction, "condition": t.condition,
+                                 "steps": t.steps} for a, t in trials.items()})
+        return guard, fsai
 
     def _guard_line(self) -> str:
         guard = self.stats.get("guard")
         if not guard:
             return f"guard off ({self.stats.get('guard_off', 'not set up')})"
-        verdict = ("FIRED: classical FSAI, not the GCVAE, built this factor" if guard["fired"]
-                   else "kept the GCVAE factor")
+        alpha = guard["alpha"]
+        verdict = ("kept the GCVAE factor" if alpha == 1.0
+                   else "FIRED: classical FSAI, not the GCVAE, built this factor" if alpha == 0.0
+                   else f"FIRED: blend G_FSAI + {alpha:g} (G_GCVAE - G_FSAI) built this factor")
         reused = (" [decision reused from an earlier setup on the same nonzero structure; "
-                  "-pc_gcvae_guard_recheck to estimate again]" if guard.get("reused") else "")
-        return (f"guard: estimated Kaporin gap to FSAI on the same pattern {guard['estimate']:+.4f} "
+                  "-pc_gcvae_guard_recheck to measure again]" if guard.get("reused") else "")
+        line = (f"guard: estimated Kaporin gap to FSAI on the same pattern {guard['estimate']:+.4f} "
                 f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
-                f"({guard['source']}): {verdict}{reused}")
+                f"({guard['source']})")
+        if guard["trials"]:
+            line += (f"; {guard['steps']} CG steps per candidate, predicted iterations / FSAI's: "
+                     + ", ".join(f"alpha {a:g}: {t['ratio']:.3f} (energy error x{t['reduction']:.2e}, "
+                                 f"cond {t['condition']:.3g})" for a, t in sorted(guard["trials"].items()))
+                     + f", kept when <= {guard['ratio_threshold']:g}")
+        elif guard["steps"] == 0 and not guard["fired"]:
+            line += "; short-CG check off (-pc_gcvae_guard_steps 0)"
+        return f"{line}: {verdict} (decided by the {guard['signal']}; guard cost {guard['cost']:.3g} s){reused}"
 
     def _view_lines(self) -> list[str]:
         meta = self.model_info.get("meta", {})

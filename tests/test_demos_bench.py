@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).parent.parent
@@ -59,12 +60,21 @@ def test_bench_quick_writes_files(tmp_path) -> None:
     for png in ("iterations.png", "time.png"):
         assert (out / png).stat().st_size > 1000
     # the headline ratios: one line per (size, ranks), GCVAE beats Jacobi, GAMG's smoother column filled
-    summary = [line.split("|")[1:-1] for line in (out / "summary.md").read_text().splitlines()[2:]]
+    text = (out / "summary.md").read_text()
+    summary = [line.split("|")[1:-1] for line in text.splitlines()[2:] if line.startswith("|")]
     assert len(summary) == 2 * 2
     for cells in summary:
         assert cells[0].strip() == "poisson-p1"
         assert 0 < float(cells[3]) < 1.0  # GCVAE/Jacobi iterations
         assert float(cells[10]) <= 1.2  # GAMG with the GCVAE smoother vs GAMG
+    # the guard's signals, decision and cost on every GCVAE row (not on the others), and its firing rate
+    for r in rows:
+        has_guard = r["pc"] in ("gcvae", "gcvae-ov1")
+        assert (r["guard_alpha"] != "") == has_guard, r
+        if has_guard:
+            assert float(r["guard_alpha"]) in (0.0, 1.0) and float(r["guard_cost_s"]) > 0, r
+            assert np.isfinite(float(r["guard_estimate"])) and r["guard_signal"] in ("Kaporin gap", "short CG"), r
+    assert "- guard (gcvae): fired on " in text and "of the GCVAE's setup + solve" in text
     by_case = {(r["dofs"], r["ranks"], r["pc"]): int(r["iterations"]) for r in rows}
     for (dofs, ranks, pc), its in by_case.items():
         if pc == "gcvae-ov1" and ranks == "1":

@@ -68,6 +68,11 @@ def test_quick_suite_writes_wellformed_files(quick_suite: Path) -> None:
         if r["guard_fired"]:  # the guard columns, where the PC reports them
             assert r["guard_fired"] in ("True", "False") and int(r["guard_rows"]) > 0, where
             assert np.isfinite(float(r["guard_estimate"])), where
+            assert float(r["guard_alpha"]) in (0.0, 1.0) and float(r["guard_cost_s"]) >= 0, where
+            assert r["guard_signal"] in ("Kaporin gap", "short CG"), where
+            assert (r["guard_fired"] == "True") == (float(r["guard_alpha"]) == 0.0), where
+            if r["guard_signal"] == "short CG":  # the model's factor's predicted iteration ratio
+                assert float(r["guard_predicted"]) > 0, where
     by = {(r["problem"], r["pc"]): r for r in rows}
     for c in quick:
         assert by[(c.name, "icc")]["iterations_own"] != "" or c.kind == "dmda"  # every non-FD problem has its own rhs

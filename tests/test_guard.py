@@ -40,7 +40,8 @@ def test_estimate_is_the_exact_gap_with_every_row_and_close_with_a_sample(tiny_p
     """With every row sampled the estimate is exactly GCVAE's Kaporin score minus FSAI's (as in
     -ksp_view); with 5 % of 10⁴ rows it is within a few standard errors of it."""
     A = laplacian_2d(100, comm=PETSc.COMM_SELF, kappa_seed=7)
-    common = {"pc_gcvae_model": str(tiny_poisson), "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9}
+    common = {"pc_gcvae_model": str(tiny_poisson), "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
+              "pc_gcvae_guard_steps": 0}
     _, fsai = _setup(A, "FSAIPC", pc_fsai_pattern_level=level, pc_fsai_ordering="nd")
     _, full = _setup(A, **common, pc_gcvae_guard_fraction=1.0)
     exact = full.stats["kaporin"] - fsai.stats["kaporin"]
@@ -134,3 +135,92 @@ def test_guard_decision_is_cached_per_structure(tiny_poisson, capfd) -> None:
         ksp.setOperators(B)
         ksp.setUp()
         assert ctx.stats["guard"]["reused"] is False
+
+
+def test_short_cg_prediction_orders_factors_by_their_iterations() -> None:
+    """The short-CG signal (pcgcvae.trial): a factor compared with itself predicts ratio 1; Jacobi's
+    factor D^-1/2 against FSAI's predicts more iterations, as the full solves confirm."""
+    from pcgcvae.trial import exact_solution, predicted_ratio, short_cg
+
+    A = laplacian_2d(40, comm=PETSc.COMM_SELF, kappa_seed=3)
+    _, fsai = _setup(A, "FSAIPC")
+    jac = A.getDiagonal()
+    jac.sqrtabs()
+    jac.reciprocal()
+    D = PETSc.Mat().createAIJ(size=A.getSize(), nnz=1, comm=PETSc.COMM_SELF)
+    D.setDiagonal(jac)
+    D.assemble()
+    x = exact_solution(A, seed=1)
+    f, f2, d = short_cg(A, fsai.G, x, 20), short_cg(A, fsai.G, x, 20), short_cg(A, D, x, 20)
+    assert f.steps == d.steps == 20 and 0 < f.reduction < 1 and 0 < d.reduction < 1
+    assert predicted_ratio(f2, f) == pytest.approx(1.0)
+    predicted = predicted_ratio(d, f)
+    its = {name: solve(A, opts).iterations for name, opts in
+           (("fsai", parallel_options("fsai", 1)), ("jacobi", parallel_options("jacobi", 1)))}
+    assert its["jacobi"] > 1.3 * its["fsai"] and predicted > 1.2, (its, predicted)
+    assert d.condition > f.condition > 1
+
+
+def test_short_cg_catches_what_the_kaporin_gap_misses() -> None:
+    """A 27-point 3D stencil (the foreign suite's, which no model trains on): the shipped Poisson model's
+    Kaporin gap is that of in-distribution wins, so the gap alone keeps the model's factor, which needs
+    far more CG iterations than FSAI; the short-CG check predicts the loss and builds FSAI (the same
+    iterations as FSAIPC), and -ksp_view gives the signals, the thresholds and the decision."""
+    from pcgcvae.foreign import fd27_3d
+
+    A = fd27_3d(quick=True).op
+    fsai = solve(A, parallel_options("fsai", 1))
+    gap_only = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_steps": 0})
+    guarded = solve(A, parallel_options("gcvae", 1))
+    assert not gap_only.pc_stats["guard"]["fired"]
+    assert gap_only.iterations > 1.3 * fsai.iterations, (gap_only.iterations, fsai.iterations)
+    guard = guarded.pc_stats["guard"]
+    assert guard["fired"] and guard["alpha"] == 0.0 and guard["signal"] == "short CG", guard
+    assert guard["trials"][1.0]["ratio"] > 1.2, guard
+    assert guarded.iterations == fsai.iterations
+    assert guard["cost"] > 0
+
+
+def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None:
+    A = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=2)
+    ksp, ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+                      pc_gcvae_guard_alphas="0.5, 1", pc_gcvae_guard_steps=8)
+    guard = ctx.stats["guard"]
+    assert set(guard["trials"]) == {0.0, 0.5, 1.0} and guard["trials"][0.0]["ratio"] == 1.0
+    assert all(t["steps"] == 8 for t in guard["trials"].values())
+    best = min(guard["trials"], key=lambda a: (guard["trials"][a]["ratio"], a))
+    assert guard["alpha"] == (best if guard["trials"][best]["ratio"] <= 1.0 else 0.0)
+    ksp.view()
+    out = capfd.readouterr().out
+    assert "8 CG steps per candidate" in out and "alpha 0.5:" in out and "kept when <= 1" in out
+    # a ratio threshold of 1e9 keeps the best candidate; a tiny one always builds FSAI
+    _, keep = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+                     pc_gcvae_guard_ratio=1e9, pc_gcvae_guard_steps=8)
+    assert keep.stats["guard"]["alpha"] == 1.0 or keep.stats["guard"]["trials"][1.0]["ratio"] >= 1.0
+    _, never = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+                      pc_gcvae_guard_ratio=1e-9, pc_gcvae_guard_steps=8)
+    assert never.stats["guard"]["alpha"] == 0.0 and never.stats["guard"]["fired"]
+    for opts, needle in (({"pc_gcvae_guard_steps": -1}, "guard_steps"),
+                         ({"pc_gcvae_guard_ratio": 0}, "guard_ratio"),
+                         ({"pc_gcvae_guard_alphas": "0.5,x"}, "guard_alphas"),
+                         ({"pc_gcvae_guard_alphas": "1.5"}, "guard_alphas")):
+        with pytest.raises(PETSc.Error) as info:
+            _setup(A, pc_gcvae_model=str(tiny_poisson), **opts)
+        assert needle in str(info.value) or needle in str(info.value.__cause__)
+
+
+def test_cached_fsai_decision_skips_inference(tiny_poisson) -> None:
+    """When the guard chose FSAI for a structure, a re-setup with new values on it builds FSAI
+    without running the network (no inference stage) and gives FSAIPC's factor."""
+    A = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=2)
+    ksp, ctx = _setup(A.copy(), pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=0.0)
+    assert ctx.stats["guard"]["fired"] and "inference" in ctx.stats["times"]
+    P = ksp.getOperators()[0]
+    P.scale(2.0)
+    ksp.setUp()
+    assert ctx.stats["guard"]["reused"] and "guard decision" in ctx.stats["reused"]
+    assert "inference" not in ctx.stats["times"], ctx.stats["times"]
+    _, fsai = _setup(P, "FSAIPC", pc_fsai_ordering="nd")
+    diff = ctx.G.copy()
+    diff.axpy(-1.0, fsai.G)
+    assert diff.norm() < 1e-12 * fsai.G.norm()

@@ -29,7 +29,9 @@ def test_ksp_view_and_options(tiny_poisson, capfd) -> None:
     opts = PETSc.Options()
     for k, v in {"ksp_type": "cg", "pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC",
                  "pc_gcvae_model": str(tiny_poisson), "pc_gcvae_samples": 3, "pc_gcvae_seed": 5,
-                 "pc_gcvae_pattern_level": 2}.items():
+                 "pc_gcvae_pattern_level": 2,
+                 # the model's factor, whatever the guard would predict (the guard has its own tests)
+                 "pc_gcvae_guard_threshold": -1}.items():
         opts["viewtest_" + k] = v
     ksp.setOperators(A)
     ksp.setFromOptions()

@@ -19,7 +19,7 @@ def _setup(A: PETSc.Mat, pc_class: str = "GCVAEPC", **options):
 def test_guard_decides_once_for_every_rank(comm, tiny_poisson, threshold: float, overlap: int) -> None:
     A = laplacian_2d(40, kappa_seed=6)
     ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=threshold,
-                 pc_gcvae_overlap=overlap, pc_gcvae_guard_fraction=1.0)
+                 pc_gcvae_overlap=overlap, pc_gcvae_guard_fraction=1.0, pc_gcvae_guard_steps=0)
     guard = ctx.stats["guard"]
     everyone = comm.allgather((guard["estimate"], guard["fired"], guard["rows"]))
     assert all(e == everyone[0] for e in everyone)
@@ -96,3 +96,20 @@ def test_guard_decision_cache_is_collective(comm, tiny_poisson) -> None:
         ksp.setUp()
         ctx = ksp.getPC().getPythonContext()
         assert comm.allgather(ctx.stats["guard"]["reused"]) == [recheck == "false"] * comm.size
+
+
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_short_cg_check_decides_once_for_every_rank(comm, tiny_poisson, overlap: int) -> None:
+    """The spectral check (short CG with each candidate) gives every rank the same trials and decision."""
+    A = laplacian_2d(36, kappa_seed=8)
+    ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9, pc_gcvae_overlap=overlap,
+                 pc_gcvae_guard_alphas="0.5,1", pc_gcvae_guard_steps=10)
+    guard = ctx.stats["guard"]
+    assert guard["signal"] == "short CG" and set(guard["trials"]) == {0.0, 0.5, 1.0}
+    mine = (guard["alpha"], sorted((a, t["ratio"], t["reduction"]) for a, t in guard["trials"].items()))
+    assert all(m == mine for m in comm.allgather(mine))
+    if guard["alpha"] == 0.0:
+        fsai = _setup(A, "FSAIPC", pc_fsai_ordering="nd", pc_fsai_overlap=overlap)
+        diff = ctx.G.copy()
+        diff.axpy(-1.0, fsai.G)
+        assert diff.norm() < 1e-12 * fsai.G.norm()

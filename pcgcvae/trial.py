@@ -1,0 +1,115 @@
+"""The guard's second signal: a short preconditioned CG run with each factor.
+
+The sampled Kaporin gap (:mod:`pcgcvae.guard`) catches factors far from FSAI,
+but not the ones whose gap equals that of in-distribution wins while their
+spectrum is worse (3D stencils: DESIGN.md).  What CG will do is measured
+directly instead: both factors run ``k`` CG steps on the same system
+``P x = P x*`` (``x*`` random, ``x0 = 0``), and the energy-norm error
+reductions ``ρ = ‖x_k − x*‖_P / ‖x*‖_P`` give each factor's mean convergence
+rate per step, ``log ρ / k``.  Their quotient predicts the ratio of the two
+iteration counts:
+
+    predicted iterations(model) / iterations(reference) = log ρ_ref / log ρ_model.
+
+The Lanczos extreme-eigenvalue estimates of the same runs are recorded too
+(``-ksp_view``); CG minimises the energy error over the Krylov space, so the
+error reduction is the quantity the iteration count follows.
+
+Everything here is collective on the operator's communicator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from petsc4py import PETSc
+
+TINY = 1e-300
+
+
+@dataclass
+class TrialResult:
+    """One factor's short CG run: steps taken, energy-error reduction, Lanczos estimates."""
+
+    steps: int
+    reduction: float  # ‖e_k‖_P / ‖e_0‖_P
+    emax: float
+    emin: float
+
+    @property
+    def rate(self) -> float:
+        """Mean log energy-error reduction per step (negative when CG converges)."""
+        return float(np.log(max(self.reduction, TINY)) / max(self.steps, 1))
+
+    @property
+    def condition(self) -> float:
+        """Lanczos estimate of the condition number of the preconditioned operator."""
+        return self.emax / self.emin if self.emin > 0 else float("inf")
+
+
+class _FactorApply:
+    """PETSc Python PC context applying M = Gᵀ G with one work vector."""
+
+    def __init__(self, G: PETSc.Mat) -> None:
+        self.G = G
+        self.work = G.createVecLeft()
+
+    def apply(self, pc: PETSc.PC, x: PETSc.Vec, y: PETSc.Vec) -> None:
+        self.G.mult(x, self.work)
+        self.G.multTranspose(self.work, y)
+
+    def destroy(self, pc: PETSc.PC | None = None) -> None:
+        """Free the work vector (PETSc calls it when the PC is destroyed; safe to call twice)."""
+        self.work.destroy()
+
+
+def exact_solution(P: PETSc.Mat, seed: int) -> PETSc.Vec:
+    """A random ``x*`` (each rank draws its own entries from ``seed`` and its rank)."""
+    x = P.createVecRight()
+    rng = np.random.default_rng([seed, P.getComm().getRank()])
+    x.array[:] = rng.standard_normal(x.getLocalSize())
+    return x
+
+
+def short_cg(P: PETSc.Mat, G: PETSc.Mat, xstar: PETSc.Vec, steps: int) -> TrialResult:
+    """``steps`` CG iterations on ``P x = P xstar`` from ``x0 = 0`` preconditioned by Gᵀ G."""
+    comm = P.getComm()
+    b = P.createVecLeft()
+    P.mult(xstar, b)
+    x = P.createVecRight()
+    ctx = _FactorApply(G)
+    ksp = PETSc.KSP().create(comm=comm)
+    try:
+        ksp.setOptionsPrefix("pcgcvae_guard_trial_")  # no options are read: setFromOptions is not called
+        ksp.setOperators(P, P)
+        ksp.setType(PETSc.KSP.Type.CG)
+        ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
+        ksp.setTolerances(rtol=1e-30, atol=0.0, divtol=1e300, max_it=steps)
+        ksp.setComputeSingularValues(True)
+        pc = ksp.getPC()
+        pc.setType(PETSc.PC.Type.PYTHON)
+        pc.setPythonContext(ctx)
+        ksp.solve(b, x)
+        taken = ksp.getIterationNumber()
+        emax, emin = ksp.computeExtremeSingularValues() if taken > 0 else (1.0, 1.0)
+        x.axpy(-1.0, xstar)  # the error e_k
+        P.mult(x, b)
+        energy_k = x.dot(b)
+        P.mult(xstar, b)
+        energy_0 = xstar.dot(b)
+    finally:
+        ksp.destroy()
+        ctx.destroy()
+        x.destroy()
+        b.destroy()
+    reduction = float(np.sqrt(max(energy_k, 0.0) / energy_0)) if energy_0 > 0 else 1.0
+    return TrialResult(taken, reduction, float(emax), float(emin))
+
+
+def predicted_ratio(model: TrialResult, reference: TrialResult) -> float:
+    """Predicted iterations with ``model`` over those with ``reference``: the quotient of their
+    rates; 1 when neither reduced the error (and +inf when only the reference did)."""
+    if model.rate >= 0:
+        return 1.0 if reference.rate >= 0 else float("inf")
+    return reference.rate / model.rate if reference.rate < 0 else 0.0
