@@ -29,6 +29,7 @@ MIN_ROWS = 200  # per rank (all rows when it owns fewer)
 DEFAULT_THRESHOLD = 0.06  # for models whose metadata records no calibrated threshold
 DEFAULT_STEPS = 20  # CG steps per candidate factor in the spectral check (pcgcvae.trial); 0: off
 DEFAULT_RATIO = 1.0  # keep a candidate when its predicted iterations are at most this times FSAI's
+DEFAULT_PREDICTOR = "energy"  # pcgcvae.trial.PREDICTORS
 
 
 @dataclass

@@ -35,9 +35,14 @@ HELDOUT = [  # (family, size, seed): training families at held-out sizes; seeds 
     ("poisson", 96, 71_000), ("poisson", 128, 71_001), ("poisson", 160, 71_002),
     ("elasticity", 48, 71_010), ("elasticity", 64, 71_011),
 ]
-FIELDS = ["problem", "level", "dofs", "fsai", "noguard", "ratio", "gap", *[f"pred{s}" for s in STEPS],
-          *[f"pred{s}_half" for s in STEPS], "guarded", "guarded_ratio", "guard_alpha", "guard_cost_s",
-          "blend", "blend_ratio", "blend_alpha", "blend_cost_s", "setup_noguard_s", "solve_noguard_s"]
+
+
+def fields(steps: list[int]) -> list[str]:
+    """The CSV columns for these step counts."""
+    return ["problem", "level", "dofs", "fsai", "noguard", "ratio", "gap", *[f"pred{s}" for s in steps],
+            *[f"pred{s}_half" for s in steps], *[f"cond{s}" for s in steps], "guarded", "guarded_ratio",
+            "guarded_alpha", "guarded_cost_s", "blend", "blend_ratio", "blend_alpha", "blend_cost_s",
+            "setup_noguard_s", "solve_noguard_s"]
 
 
 def heldout_built(family: str, size: int, seed: int) -> Built:
@@ -70,32 +75,38 @@ def study_problem(name: str, built: Built, levels: list[int], steps: list[int], 
             trials = probe.get("guard_trials", {})
             row[f"pred{s}"] = round(trials["1"]["ratio"], 4) if "1" in trials else None
             row[f"pred{s}_half"] = round(trials["0.5"]["ratio"], 4) if "0.5" in trials else None
+            # sqrt of the Lanczos condition-estimate ratio: the other spectral prediction of the iteration ratio
+            row[f"cond{s}"] = (round(float(np.sqrt(trials["1"]["condition"] / trials["0"]["condition"])), 4)
+                               if "1" in trials and "0" in trials else None)
         for key, extra in (("guarded", {}), ("blend", {"pc_gcvae_guard_alphas": "0.5,1"})):
             r = run_pc(built, name, "gcvae", b, {**gc, **extra})
             row[key] = r["iterations"]
             row[f"{key}_ratio"] = round(r["iterations"] / max(fsai["iterations"], 1), 4)
-            row[f"{key}_alpha"] = r.get("guard_alpha")
+            row[f"{key}_alpha"] = r.get("guard_alpha")  # guarded_alpha, blend_alpha
             row[f"{key}_cost_s"] = r.get("guard_cost_s")
         log(json.dumps(row))
         rows.append(row)
     return rows
 
 
-def write(rows: list[dict], out: Path, meta: dict) -> None:
+def write(rows: list[dict], out: Path, meta: dict, steps: list[int]) -> None:
+    """``guard-study.csv`` and ``guard-study.md`` (table and summary) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "guard-study.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=fields(steps), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    head = ["problem", "L", "dofs", "FSAI", "GCVAE", "ratio", "gap"] + [f"pred {s}" for s in STEPS] + \
-        [f"pred {s} α=½" for s in STEPS] + ["guarded", "ratio", "α", "cost s", "blend", "ratio", "α", "cost s",
-                                            "GCVAE setup+solve s"]
-    keys = ["problem", "level", "dofs", "fsai", "noguard", "ratio", "gap"] + [f"pred{s}" for s in STEPS] + \
-        [f"pred{s}_half" for s in STEPS] + ["guarded", "guarded_ratio", "guard_alpha", "guard_cost_s", "blend",
-                                            "blend_ratio", "blend_alpha", "blend_cost_s"]
+    head = ["problem", "L", "dofs", "FSAI", "GCVAE", "ratio", "gap"] + [f"pred {s}" for s in steps] + \
+        [f"pred {s} α=½" for s in steps] + [f"√κ ratio {s}" for s in steps] + \
+        ["guarded", "ratio", "α", "cost s", "blend", "ratio", "α", "cost s", "GCVAE setup+solve s"]
+    keys = ["problem", "level", "dofs", "fsai", "noguard", "ratio", "gap"] + [f"pred{s}" for s in steps] + \
+        [f"pred{s}_half" for s in steps] + [f"cond{s}" for s in steps] + \
+        ["guarded", "guarded_ratio", "guarded_alpha", "guarded_cost_s", "blend", "blend_ratio", "blend_alpha",
+         "blend_cost_s"]
     lines = [f"# Guard study\n\n{meta['when']} on {meta['machine']}, `{meta['command']}` ({meta['seconds']:.0f} s). "
              "ratio: GCVAE / FSAI CG iterations without the guard (rtol 1e-8, random rhs); gap: sampled Kaporin gap; "
              "pred k: the short-CG prediction of that ratio after k steps per factor (α = ½: the half blend's); "
+             "√κ ratio k: the square root of the ratio of the two Lanczos condition estimates of the same runs; "
              "guarded / blend: iterations with the default guard (FSAI or the model's factor) and with the "
              "blend search (`-pc_gcvae_guard_alphas 0.5,1`), their ratio to FSAI, the α chosen and the guard's "
              "cost (s, first setup).\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -107,7 +118,7 @@ def write(rows: list[dict], out: Path, meta: dict) -> None:
         total = (r.get("setup_noguard_s") or 0) + (r.get("solve_noguard_s") or 0)
         cells.append(f"{total:.3g}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *summary(rows)]
+    lines += ["", *summary(rows), "", *rule_table(rows, steps)]
     (out / "guard-study.md").write_text("\n".join(lines) + "\n")
 
 
@@ -121,10 +132,40 @@ def summary(rows: list[dict]) -> list[str]:
             if len(v):
                 out.append(f"- level {level}, {what}: GCVAE/FSAI median {np.median(v):.3f}, worst {v.max():.3f}, "
                            f"≤ 1.02 on {int(np.sum(v <= 1.02))}/{len(v)}")
-        fired = [r["problem"] for r in rs if r.get("guard_alpha") not in (None, 1.0)]
-        costs = [r["guard_cost_s"] for r in rs if r.get("guard_cost_s") is not None]
+        fired = [r["problem"] for r in rs if r.get("guarded_alpha") not in (None, 1.0)]
+        costs = [r["guarded_cost_s"] for r in rs if r.get("guarded_cost_s") is not None]
         out.append(f"- level {level}: the guard fired on {len(fired)}/{len(rs)} problems; its cost median "
                    f"{np.median(costs) if costs else float('nan'):.3f} s")
+    return out
+
+
+def rule_table(rows: list[dict], steps: list[int], threshold: float = 0.06) -> list[str]:
+    """What each yes/no rule would give on these rows: the Kaporin gap fires above ``threshold``
+    (the package default), else the model's factor is kept when the predictor's ratio is <= R."""
+    out = ["## Decision rules compared on these rows", "",
+           f"Kaporin gap > {threshold} fires first; then keep the model's factor when the predicted ratio <= R. "
+           "Resulting GCVAE/FSAI iteration ratio (1 where the guard chose FSAI); 'lost wins': rows where the "
+           "model alone needs >= 3 % fewer iterations than FSAI and the rule gives them up.", "",
+           "| steps | predictor | R | median | worst | > 1.02 | kept | lost wins |",
+           "|---|---|---|---|---|---|---|---|"]
+    for k in steps:
+        for predictor in ("energy", "condition", "mean"):
+            for limit in (0.98, 1.0, 1.02):
+                got, lost = [], []
+                for r in rows:
+                    e, c = r.get(f"pred{k}"), r.get(f"cond{k}")
+                    if e is None or c is None:
+                        continue
+                    pred = e if predictor == "energy" else c if predictor == "condition" else 0.5 * (e + c)
+                    keep = r["gap"] <= threshold and pred <= limit
+                    got.append(r["ratio"] if keep else 1.0)
+                    if r["ratio"] <= 0.97 and not keep:
+                        lost.append(f"{r['problem']} L{r['level']}")
+                if not got:
+                    continue
+                v = np.array(got)
+                out.append(f"| {k} | {predictor} | {limit:g} | {np.median(v):.3f} | {v.max():.3f} | "
+                           f"{int(np.sum(v > 1.02))} | {int(np.sum(v != 1.0))} | {', '.join(lost) or '–'} |")
     return out
 
 
@@ -153,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.machine()} ({platform.node()})",
             "command": "python -m pcgcvae.guard_study " + " ".join(argv if argv is not None else []),
             "seconds": time.time() - t0}
-    write(rows, args.out, meta)
+    write(rows, args.out, meta, args.steps)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,22 @@ from .csr import CSR, check_operator, scale_symmetric
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import build_arrays
 from .fsai import fsai_values, kaporin_score
-from .guard import DEFAULT_FRACTION, DEFAULT_RATIO, DEFAULT_STEPS, DEFAULT_THRESHOLD, combine, local_sample
+from .guard import (
+    DEFAULT_FRACTION,
+    DEFAULT_PREDICTOR,
+    DEFAULT_RATIO,
+    DEFAULT_STEPS,
+    DEFAULT_THRESHOLD,
+    combine,
+    local_sample,
+)
 from .inference import load_inference_model
 from .models_registry import default_model_name
 from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
 from .symmetry import check_couplings, check_local
-from .trial import exact_solution, predicted_ratio, short_cg
+from .trial import PREDICTORS, condition_ratio, energy_ratio, exact_solution, predicted_ratio, short_cg
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
 _STAGES = ("local block", "model load", "ordering", "scale", "symmetry check", "pattern", "graph", "inference",
@@ -551,6 +559,7 @@ class GCVAEPC(SPAIFactorPC):
     ``-pc_gcvae_guard_fraction F`` (of each rank's rows sampled), ``-pc_gcvae_guard_steps K`` (CG steps
     per candidate in the spectral check; 0: the Kaporin gap alone), ``-pc_gcvae_guard_ratio R``
     (keep a candidate whose predicted iterations are at most R times FSAI's),
+    ``-pc_gcvae_guard_predictor energy|condition|mean`` (how the short CG runs predict the iterations),
     ``-pc_gcvae_guard_alphas a,b,...`` (candidate blends G_FSAI + α (G_GCVAE − G_FSAI), default 1),
     ``-pc_gcvae_guard_recheck`` (measure again on a re-setup with the same structure).
     """
@@ -572,6 +581,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_steps = DEFAULT_STEPS
         self.guard_ratio = DEFAULT_RATIO
         self.guard_alphas: list[float] = [1.0]
+        self.guard_predictor = DEFAULT_PREDICTOR
         self._guard_cache: dict = {}  # the last decision and what it was made for
         self._cached_guard: dict | None = None  # this setup's: the cached decision, when it holds
         self.fallback_reason = ""
@@ -592,6 +602,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_recheck = opts.getBool(stem + "guard_recheck", self.guard_recheck)
         self.guard_steps = opts.getInt(stem + "guard_steps", self.guard_steps)
         self.guard_ratio = opts.getReal(stem + "guard_ratio", self.guard_ratio)
+        self.guard_predictor = opts.getString(stem + "guard_predictor", self.guard_predictor)
         if opts.hasName(stem + "guard_alphas"):
             text = opts.getString(stem + "guard_alphas")
             try:
@@ -618,6 +629,9 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_guard_steps must be >= 0, got {self.guard_steps}")
         if not (self.guard_ratio > 0 and np.isfinite(self.guard_ratio)):
             raise OptionError(f"-pc_gcvae_guard_ratio must be a positive number, got {self.guard_ratio}")
+        if self.guard_predictor not in PREDICTORS:
+            raise OptionError(f"-pc_gcvae_guard_predictor must be one of {', '.join(PREDICTORS)}, "
+                              f"got '{self.guard_predictor}'")
         if not self.guard_alphas or not all(0 <= a <= 1 for a in self.guard_alphas):
             raise OptionError(f"-pc_gcvae_guard_alphas must be one or more numbers in [0, 1], got {self.guard_alphas}")
 
@@ -747,7 +761,7 @@ class GCVAEPC(SPAIFactorPC):
         """What a cached guard decision was made for (besides the nonzero structure)."""
         return (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
                 self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self.guard_ratio,
-                tuple(self.guard_alphas))
+                tuple(self.guard_alphas), self.guard_predictor)
 
     def _before_values(self, P: PETSc.Mat) -> None:
         """Decide, on every rank alike, whether the cached guard decision holds: the same nonzero
@@ -785,7 +799,8 @@ class GCVAEPC(SPAIFactorPC):
             estimate = combine(samples)
         guard = {"estimate": estimate, "threshold": threshold, "source": source,
                  "rows": sum(s.sampled for s in samples), "of": sum(s.owned for s in samples),
-                 "steps": self.guard_steps, "ratio_threshold": self.guard_ratio, "trials": {}}
+                 "steps": self.guard_steps, "ratio_threshold": self.guard_ratio, "predictor": self.guard_predictor,
+                 "trials": {}}
         if estimate > threshold:
             guard.update(alpha=0.0, fired=True, signal="Kaporin gap")
             return guard, None
@@ -807,12 +822,13 @@ class GCVAEPC(SPAIFactorPC):
                         G.destroy()
             finally:
                 xstar.destroy()
-        ratios = {a: predicted_ratio(t, trials[0.0]) for a, t in trials.items()}
+        ratios = {a: predicted_ratio(t, trials[0.0], self.guard_predictor) for a, t in trials.items()}
         best = min(ratios, key=lambda a: (ratios[a], a))
         alpha = best if best != 0.0 and ratios[best] <= self.guard_ratio else 0.0
         guard.update(alpha=alpha, fired=alpha != 1.0, signal="short CG",
-                     trials={a: {"ratio": ratios[a], "reduction": t.reduction, "condition": t.condition,
-                                 "steps": t.steps} for a, t in trials.items()})
+                     trials={a: {"ratio": ratios[a], "energy_ratio": energy_ratio(t, trials[0.0]),
+                                 "condition_ratio": condition_ratio(t, trials[0.0]), "reduction": t.reduction,
+                                 "condition": t.condition, "steps": t.steps} for a, t in trials.items()})
         return guard, fsai
 
     def _guard_line(self) -> str:
@@ -829,9 +845,11 @@ class GCVAEPC(SPAIFactorPC):
                 f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
                 f"({guard['source']})")
         if guard["trials"]:
-            line += (f"; {guard['steps']} CG steps per candidate, predicted iterations / FSAI's: "
-                     + ", ".join(f"alpha {a:g}: {t['ratio']:.3f} (energy error x{t['reduction']:.2e}, "
-                                 f"cond {t['condition']:.3g})" for a, t in sorted(guard["trials"].items()))
+            line += (f"; {guard['steps']} CG steps per candidate, predicted iterations / FSAI's "
+                     f"({guard['predictor']}): "
+                     + ", ".join(f"alpha {a:g}: {t['ratio']:.3f} (energy-rate ratio {t['energy_ratio']:.3f}, "
+                                 f"sqrt condition ratio {t['condition_ratio']:.3f})"
+                                 for a, t in sorted(guard["trials"].items()))
                      + f", kept when <= {guard['ratio_threshold']:g}")
         elif guard["steps"] == 0 and not guard["fired"]:
             line += "; short-CG check off (-pc_gcvae_guard_steps 0)"

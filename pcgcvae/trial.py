@@ -107,9 +107,32 @@ def short_cg(P: PETSc.Mat, G: PETSc.Mat, xstar: PETSc.Vec, steps: int) -> TrialR
     return TrialResult(taken, reduction, float(emax), float(emin))
 
 
-def predicted_ratio(model: TrialResult, reference: TrialResult) -> float:
+PREDICTORS = ("energy", "condition", "mean")
+
+
+def energy_ratio(model: TrialResult, reference: TrialResult) -> float:
     """Predicted iterations with ``model`` over those with ``reference``: the quotient of their
-    rates; 1 when neither reduced the error (and +inf when only the reference did)."""
+    energy-error rates; 1 when neither reduced the error (and +inf when only the reference did)."""
     if model.rate >= 0:
         return 1.0 if reference.rate >= 0 else float("inf")
     return reference.rate / model.rate if reference.rate < 0 else 0.0
+
+
+def condition_ratio(model: TrialResult, reference: TrialResult) -> float:
+    """The same prediction from the Lanczos estimates: sqrt(κ_model / κ_reference) (CG's bound)."""
+    if not (np.isfinite(model.condition) and np.isfinite(reference.condition)):
+        return 1.0 if model.condition == reference.condition else (
+            float("inf") if not np.isfinite(model.condition) else 0.0)
+    return float(np.sqrt(model.condition / reference.condition))
+
+
+def predicted_ratio(model: TrialResult, reference: TrialResult, predictor: str = "energy") -> float:
+    """Predicted iterations with ``model`` over those with ``reference`` by ``predictor``: the
+    energy-error rates, the condition estimates, or the mean of the two (:data:`PREDICTORS`)."""
+    if predictor == "energy":
+        return energy_ratio(model, reference)
+    if predictor == "condition":
+        return condition_ratio(model, reference)
+    if predictor == "mean":
+        return 0.5 * (energy_ratio(model, reference) + condition_ratio(model, reference))
+    raise ValueError(f"unknown predictor '{predictor}'; expected one of {', '.join(PREDICTORS)}")

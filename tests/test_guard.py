@@ -193,6 +193,18 @@ def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None
     ksp.view()
     out = capfd.readouterr().out
     assert "8 CG steps per candidate" in out and "alpha 0.5:" in out and "kept when <= 1" in out
+    # every predictor is the quotient the docs say: energy rates, sqrt of the condition estimates, their mean
+    for t in guard["trials"].values():
+        assert t["ratio"] == pytest.approx({"energy": t["energy_ratio"], "condition": t["condition_ratio"],
+                                            "mean": 0.5 * (t["energy_ratio"] + t["condition_ratio"])}[
+                                                guard["predictor"]])
+    for predictor in ("energy", "condition", "mean"):
+        _, other = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+                          pc_gcvae_guard_steps=8, pc_gcvae_guard_predictor=predictor)
+        t = other.stats["guard"]["trials"][1.0]
+        assert other.stats["guard"]["predictor"] == predictor
+        assert t["energy_ratio"] == pytest.approx(guard["trials"][1.0]["energy_ratio"])  # same runs
+        assert other.stats["guard"]["alpha"] == (1.0 if t["ratio"] <= 1.0 else 0.0)
     # a ratio threshold of 1e9 keeps the best candidate; a tiny one always builds FSAI
     _, keep = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
                      pc_gcvae_guard_ratio=1e9, pc_gcvae_guard_steps=8)
@@ -203,7 +215,8 @@ def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None
     for opts, needle in (({"pc_gcvae_guard_steps": -1}, "guard_steps"),
                          ({"pc_gcvae_guard_ratio": 0}, "guard_ratio"),
                          ({"pc_gcvae_guard_alphas": "0.5,x"}, "guard_alphas"),
-                         ({"pc_gcvae_guard_alphas": "1.5"}, "guard_alphas")):
+                         ({"pc_gcvae_guard_alphas": "1.5"}, "guard_alphas"),
+                         ({"pc_gcvae_guard_predictor": "median"}, "guard_predictor")):
         with pytest.raises(PETSc.Error) as info:
             _setup(A, pc_gcvae_model=str(tiny_poisson), **opts)
         assert needle in str(info.value) or needle in str(info.value.__cause__)
@@ -224,3 +237,35 @@ def test_cached_fsai_decision_skips_inference(tiny_poisson) -> None:
     diff = ctx.G.copy()
     diff.axpy(-1.0, fsai.G)
     assert diff.norm() < 1e-12 * fsai.G.norm()
+
+
+def test_guard_study_command_writes_its_tables(tmp_path) -> None:
+    """`python -m pcgcvae.guard_study` on one quick suite problem: one row per level with the true ratio,
+    every predictor's figures, the guarded runs (never above FSAI's iterations by more than the guard's
+    stated margin here) and the rule comparison."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "pcgcvae.guard_study", "--quick", "--problems", "fd5-jumps-1e6",
+                           "--steps", "10", "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "guard-study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["problem"], r["level"]) for r in rows] == [("fd5-jumps-1e6", "1"), ("fd5-jumps-1e6", "2")]
+    for r in rows:
+        assert float(r["ratio"]) == pytest.approx(int(r["noguard"]) / int(r["fsai"]), abs=1e-4)
+        assert float(r["pred10"]) > 0 and float(r["cond10"]) > 0 and float(r["pred10_half"]) > 0
+        assert float(r["guarded_alpha"]) in (0.0, 1.0) and float(r["guarded_cost_s"]) > 0
+        if float(r["guarded_alpha"]) == 0.0:  # FSAI's factor: FSAI's iterations
+            assert r["guarded"] == r["fsai"]
+        else:
+            assert r["guarded"] == r["noguard"] and float(r["pred10"]) <= 1.0
+    md = (tmp_path / "guard-study.md").read_text()
+    assert "| fd5-jumps-1e6 | 1 |" in md and "## Decision rules compared on these rows" in md
+    assert "| 10 | energy | 1 |" in md
