@@ -257,9 +257,10 @@ def _guard_cell(r: dict) -> str:
     alpha = float(r["guard_alpha"])
     what = "GCVAE" if alpha == 1.0 else "FSAI" if alpha == 0.0 else f"blend α={alpha:g}"
     pred = r.get("guard_predicted")
-    pred = f", predicted {float(pred):.3f}" if pred not in (None, "") else ""
-    return (f"{what} (gap {float(r['guard_estimate']):+.4f}{pred}, {r['guard_signal']}; "
-            f"{float(r['guard_cost_s']):.3f} s)")
+    parts = [] if r.get("guard_estimate") in (None, "") else [f"gap {float(r['guard_estimate']):+.4f}"]
+    parts += [] if pred in (None, "") else [f"predicted {float(pred):.3f}"]
+    parts.append(str(r["guard_signal"]))
+    return f"{what} ({', '.join(parts)}; {float(r['guard_cost_s']):.3f} s)"
 
 
 def guard_summary(rows: list[dict]) -> list[str]:

@@ -579,7 +579,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_fraction = DEFAULT_FRACTION
         self.guard_recheck = False
         self.guard_steps = DEFAULT_STEPS
-        self.guard_ratio = DEFAULT_RATIO
+        self.guard_ratio: float | None = None  # None: the model's calibrated ratio, else DEFAULT_RATIO
         self.guard_alphas: list[float] = [1.0]
         self.guard_predictor = DEFAULT_PREDICTOR
         self._guard_cache: dict = {}  # the last decision and what it was made for
@@ -601,7 +601,8 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_fraction = opts.getReal(stem + "guard_fraction", self.guard_fraction)
         self.guard_recheck = opts.getBool(stem + "guard_recheck", self.guard_recheck)
         self.guard_steps = opts.getInt(stem + "guard_steps", self.guard_steps)
-        self.guard_ratio = opts.getReal(stem + "guard_ratio", self.guard_ratio)
+        if opts.hasName(stem + "guard_ratio"):
+            self.guard_ratio = opts.getReal(stem + "guard_ratio")
         self.guard_predictor = opts.getString(stem + "guard_predictor", self.guard_predictor)
         if opts.hasName(stem + "guard_alphas"):
             text = opts.getString(stem + "guard_alphas")
@@ -627,8 +628,8 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_guard_fraction must be in (0, 1], got {self.guard_fraction}")
         if self.guard_steps < 0:
             raise OptionError(f"-pc_gcvae_guard_steps must be >= 0, got {self.guard_steps}")
-        if not (self.guard_ratio > 0 and np.isfinite(self.guard_ratio)):
-            raise OptionError(f"-pc_gcvae_guard_ratio must be a positive number, got {self.guard_ratio}")
+        if self.guard_ratio is not None and not (self.guard_ratio >= 0 and np.isfinite(self.guard_ratio)):
+            raise OptionError(f"-pc_gcvae_guard_ratio must be a number >= 0, got {self.guard_ratio}")
         if self.guard_predictor not in PREDICTORS:
             raise OptionError(f"-pc_gcvae_guard_predictor must be one of {', '.join(PREDICTORS)}, "
                               f"got '{self.guard_predictor}'")
@@ -741,8 +742,12 @@ class GCVAEPC(SPAIFactorPC):
         comm = P.getComm()
         fsai = None
         if self._cached_guard is not None:  # values g are already FSAI's when the decision was FSAI
-            guard = dict(self._cached_guard, reused=True, cost=0.0)
-            self._reused.append("guard decision")
+            predecided = self._cached_guard.get("predecided", False)
+            guard = dict(self._cached_guard, reused=not predecided, cost=0.0)
+            if predecided:
+                self._guard_cache = {"key": self._guard_key(P, threshold), "stats": guard}
+            else:
+                self._reused.append("guard decision")
         else:
             t0 = time.perf_counter()
             guard, fsai = self._decide(P, prob, g, threshold, source)
@@ -760,8 +765,17 @@ class GCVAEPC(SPAIFactorPC):
     def _guard_key(self, P: PETSc.Mat, threshold: float) -> tuple:
         """What a cached guard decision was made for (besides the nonzero structure)."""
         return (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
-                self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self.guard_ratio,
+                self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self._guard_ratio()[0],
                 tuple(self.guard_alphas), self.guard_predictor)
+
+    def _guard_ratio(self) -> tuple[float, str]:
+        """The spectral check's ratio threshold in effect and where it comes from."""
+        if self.guard_ratio is not None:
+            return self.guard_ratio, "-pc_gcvae_guard_ratio"
+        calibrated = self.model_info.get("meta", {}).get("guard_ratio", {})
+        if str(self.pattern_level) in calibrated:
+            return float(calibrated[str(self.pattern_level)]), "the model's calibration"
+        return DEFAULT_RATIO, "the package default"
 
     def _before_values(self, P: PETSc.Mat) -> None:
         """Decide, on every rank alike, whether the cached guard decision holds: the same nonzero
@@ -773,6 +787,14 @@ class GCVAEPC(SPAIFactorPC):
         same = P.getComm().tompi4py().allreduce("scaled operator's structure" in self._reused, op=MPI.LAND)
         if not self.guard_recheck and same and self._guard_cache.get("key") == self._guard_key(P, threshold):
             self._cached_guard = self._guard_cache["stats"]
+            return
+        ratio, source = self._guard_ratio()
+        if ratio == 0.0:  # no candidate can be kept: FSAI, decided before the network runs (no inference)
+            n = P.getSize()[0]
+            self._cached_guard = {
+                "estimate": None, "threshold": threshold, "source": source, "rows": 0, "of": n, "steps": 0,
+                "ratio_threshold": 0.0, "ratio_source": source, "predictor": self.guard_predictor, "trials": {},
+                "alpha": 0.0, "fired": True, "signal": "ratio threshold 0", "predecided": True}
 
     def _fsai_everywhere(self, comm: PETSc.Comm, prob: _LocalProblem) -> np.ndarray:
         with self._timed("fsai", "FSAIFactor"):
@@ -791,6 +813,7 @@ class GCVAEPC(SPAIFactorPC):
                 source: str) -> tuple[dict, np.ndarray | None]:
         """The guard's measurements and decision (``alpha``), and FSAI's values if they were built."""
         comm = P.getComm()
+        ratio, ratio_source = self._guard_ratio()
         seed = self.seed + 104729 * (comm.getRank() + 1)
         with self._timed("guard", "GCVAEGuard"):
             mine = self._collective(comm, lambda: local_sample(prob.ahat, prob.s, g, prob.block.owned,
@@ -799,7 +822,8 @@ class GCVAEPC(SPAIFactorPC):
             estimate = combine(samples)
         guard = {"estimate": estimate, "threshold": threshold, "source": source,
                  "rows": sum(s.sampled for s in samples), "of": sum(s.owned for s in samples),
-                 "steps": self.guard_steps, "ratio_threshold": self.guard_ratio, "predictor": self.guard_predictor,
+                 "steps": self.guard_steps, "ratio_threshold": ratio, "ratio_source": ratio_source,
+                 "predictor": self.guard_predictor,
                  "trials": {}}
         if estimate > threshold:
             guard.update(alpha=0.0, fired=True, signal="Kaporin gap")
@@ -824,7 +848,7 @@ class GCVAEPC(SPAIFactorPC):
                 xstar.destroy()
         ratios = {a: predicted_ratio(t, trials[0.0], self.guard_predictor) for a, t in trials.items()}
         best = min(ratios, key=lambda a: (ratios[a], a))
-        alpha = best if best != 0.0 and ratios[best] <= self.guard_ratio else 0.0
+        alpha = best if best != 0.0 and ratios[best] <= ratio else 0.0
         guard.update(alpha=alpha, fired=alpha != 1.0, signal="short CG",
                      trials={a: {"ratio": ratios[a], "energy_ratio": energy_ratio(t, trials[0.0]),
                                  "condition_ratio": condition_ratio(t, trials[0.0]), "reduction": t.reduction,
@@ -841,6 +865,12 @@ class GCVAEPC(SPAIFactorPC):
                    else f"FIRED: blend G_FSAI + {alpha:g} (G_GCVAE - G_FSAI) built this factor")
         reused = (" [decision reused from an earlier setup on the same nonzero structure; "
                   "-pc_gcvae_guard_recheck to measure again]" if guard.get("reused") else "")
+        if guard.get("predecided"):
+            why = guard["ratio_source"]
+            if why.startswith("the model"):
+                why = "the model never beat FSAI on its training distribution"
+            return (f"guard: ratio threshold 0 ({why}: the model's factor is never kept): {verdict}, without "
+                    f"running the network{reused}")
         line = (f"guard: estimated Kaporin gap to FSAI on the same pattern {guard['estimate']:+.4f} "
                 f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
                 f"({guard['source']})")
@@ -850,7 +880,7 @@ class GCVAEPC(SPAIFactorPC):
                      + ", ".join(f"alpha {a:g}: {t['ratio']:.3f} (energy-rate ratio {t['energy_ratio']:.3f}, "
                                  f"sqrt condition ratio {t['condition_ratio']:.3f})"
                                  for a, t in sorted(guard["trials"].items()))
-                     + f", kept when <= {guard['ratio_threshold']:g}")
+                     + f", kept when <= {guard['ratio_threshold']:g} ({guard['ratio_source']})")
         elif guard["steps"] == 0 and not guard["fired"]:
             line += "; short-CG check off (-pc_gcvae_guard_steps 0)"
         return f"{line}: {verdict} (decided by the {guard['signal']}; guard cost {guard['cost']:.3g} s){reused}"

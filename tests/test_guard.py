@@ -213,7 +213,7 @@ def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None
                       pc_gcvae_guard_ratio=1e-9, pc_gcvae_guard_steps=8)
     assert never.stats["guard"]["alpha"] == 0.0 and never.stats["guard"]["fired"]
     for opts, needle in (({"pc_gcvae_guard_steps": -1}, "guard_steps"),
-                         ({"pc_gcvae_guard_ratio": 0}, "guard_ratio"),
+                         ({"pc_gcvae_guard_ratio": -0.5}, "guard_ratio"),
                          ({"pc_gcvae_guard_alphas": "0.5,x"}, "guard_alphas"),
                          ({"pc_gcvae_guard_alphas": "1.5"}, "guard_alphas"),
                          ({"pc_gcvae_guard_predictor": "median"}, "guard_predictor")):
@@ -269,3 +269,39 @@ def test_guard_study_command_writes_its_tables(tmp_path) -> None:
     md = (tmp_path / "guard-study.md").read_text()
     assert "| fd5-jumps-1e6 | 1 |" in md and "## Decision rules compared on these rows" in md
     assert "| 10 | energy | 1 |" in md
+
+
+def test_ratio_threshold_zero_builds_fsai_without_the_network(tiny_poisson, capfd) -> None:
+    """-pc_gcvae_guard_ratio 0 (or a model calibrated to 0: it never beat FSAI on its training
+    distribution) can keep no candidate: FSAI is built without inference, sampling or CG trials."""
+    A = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=2)
+    ksp, ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_ratio=0)
+    guard = ctx.stats["guard"]
+    assert guard["fired"] and guard["alpha"] == 0.0 and guard["signal"] == "ratio threshold 0"
+    assert "inference" not in ctx.stats["times"] and "graph" not in ctx.stats["times"]
+    _, fsai = _setup(A, "FSAIPC", pc_fsai_ordering="nd")
+    diff = ctx.G.copy()
+    diff.axpy(-1.0, fsai.G)
+    assert diff.norm() < 1e-12 * fsai.G.norm()
+    ksp.view()
+    out = capfd.readouterr().out
+    assert "ratio threshold 0 (-pc_gcvae_guard_ratio" in out and "without running the network" in out
+
+
+def test_calibrated_ratio_comes_from_the_model(tiny_poisson, tmp_path) -> None:
+    """A model whose metadata records guard_ratio uses it (and says so); the option overrides it."""
+    from pcgcvae.training.checkpoint import load_checkpoint, save_checkpoint
+
+    model, info = load_checkpoint(tiny_poisson)
+    path = tmp_path / "calibrated.pt"
+    save_checkpoint(path, model, dict(info["meta"], guard_ratio={"1": 0.0, "2": 1.0}))
+    A = laplacian_2d(20, comm=PETSc.COMM_SELF, kappa_seed=2)
+    _, ctx = _setup(A, pc_gcvae_model=str(path))
+    assert ctx.stats["guard"]["signal"] == "ratio threshold 0"
+    assert ctx.stats["guard"]["ratio_source"] == "the model's calibration"
+    _, ctx = _setup(A, pc_gcvae_model=str(path), pc_gcvae_pattern_level=2, pc_gcvae_guard_threshold=1e9)
+    assert ctx.stats["guard"]["signal"] == "short CG" and ctx.stats["guard"]["ratio_threshold"] == 1.0
+    _, ctx = _setup(A, pc_gcvae_model=str(path), pc_gcvae_guard_ratio=2.0, pc_gcvae_guard_threshold=1e9)
+    guard = ctx.stats["guard"]
+    assert guard["ratio_source"] == "-pc_gcvae_guard_ratio" and guard["ratio_threshold"] == 2.0
+    assert guard["alpha"] == (1.0 if guard["trials"][1.0]["ratio"] < 1.0 else 0.0)  # the better of the two

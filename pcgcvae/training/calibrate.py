@@ -15,8 +15,16 @@ side, serial).  The threshold of a level is then
     lowered below the smallest gap where it needed more (so that the guard
     fires on every in-distribution loss), and 0 (always FSAI) when it won nowhere.
 
-``--write`` stores ``guard_threshold`` (per level) and the measurements
-(``guard_calibration``) in the checkpoint's metadata and rewrites its card notes.
+On the same runs it records the guard's spectral prediction of that ratio (the model's factor against
+FSAI after :data:`pcgcvae.guard.DEFAULT_STEPS` CG steps each, :mod:`pcgcvae.trial`), and the ratio
+threshold of a level is
+
+    R = min(1, 0.999 × smallest prediction where the GCVAE needed more than FSAI's iterations),
+    and 0 (the model's factor is never kept: no short CG, no inference) when it won nowhere.
+
+``--write`` stores ``guard_threshold`` and ``guard_ratio`` (per level) and the measurements
+(``guard_calibration``) in the checkpoint's metadata; export the ``.npz`` again afterwards
+(``python -m pcgcvae.training.export``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from ..guard import DEFAULT_STEPS
 
 MARGIN = 1.25
 SEED_BASE = 70_000  # calibration problem seeds: SEED_BASE + k (checked against the training seeds)
@@ -55,8 +65,22 @@ def threshold_from(points: list[tuple[float, float]]) -> float:
     return max(t, 0.0)
 
 
-def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None) -> dict:
-    """Measure the (gap, ratio) pairs and the thresholds of ``ckpt``; see the module docstring."""
+def ratio_from(points: list[tuple[float, float]]) -> float:
+    """The ratio-threshold rule of the module docstring from (prediction, true ratio) pairs."""
+    wins = [p for p, r in points if r <= 1.0]
+    losses = [p for p, r in points if r > 1.0]
+    if not wins:
+        return 0.0
+    return min(1.0, 0.999 * min(losses)) if losses else 1.0
+
+
+def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
+              size_range: tuple[int, int] | None = None) -> dict:
+    """Measure the (gap, ratio) pairs and the thresholds of ``ckpt``; see the module docstring.
+
+    ``size_range`` (cells per side) replaces the datasets' size range for the draws: the same
+    generator and families at the sizes users solve (the training sizes need ~30 CG iterations,
+    too few for the short-CG prediction and for iteration ratios finer than a few percent)."""
     import firedrake as fd
 
     from ..evaluate import parallel_options, solve
@@ -75,7 +99,8 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None) -> di
     broad = [bool(d.get("broad")) for d in datasets]  # problem k: drawn like dataset k mod len(datasets)
     ordering = recorded_ordering(meta)
     rng = np.random.default_rng(SEED_BASE)
-    draws = [int(rng.integers(lo, hi + 1)) for _ in range(count - 2)] + (sizes or HELDOUT_SIZES[family])
+    draw_lo, draw_hi = size_range or (lo, hi)
+    draws = [int(rng.integers(draw_lo, draw_hi + 1)) for _ in range(count - 2)] + (sizes or HELDOUT_SIZES[family])
     rows = []
     for k, size in enumerate(draws):
         seed = SEED_BASE + k
@@ -90,18 +115,27 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None) -> di
                              "pc_fsai_ordering": ordering})
             gcvae = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
                               "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
-                              "pc_gcvae_guard_fraction": 1.0})
+                              "pc_gcvae_guard_fraction": 1.0, "pc_gcvae_guard_steps": 0})  # the model's factor
             gap = gcvae.pc_stats["guard"]["estimate"]
+            probe = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
+                              "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
+                              "pc_gcvae_guard_ratio": 1.0})  # the spectral check always runs here
+            pred = probe.pc_stats["guard"]["trials"][1.0]["ratio"]
             row[f"L{level}"] = {"fsai": fsai.iterations, "gcvae": gcvae.iterations, "gap": round(gap, 6),
-                                "ratio": round(gcvae.iterations / fsai.iterations, 4)}
+                                "ratio": round(gcvae.iterations / fsai.iterations, 4), "pred": round(pred, 4)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    thresholds = {}
+    thresholds, ratios = {}, {}
     for level in meta["pattern_levels"]:
         pts = [(r[f"L{level}"]["gap"], r[f"L{level}"]["ratio"]) for r in rows]
         thresholds[str(level)] = round(threshold_from(pts), 6)
-    return {"thresholds": thresholds, "rows": rows, "rule": f"{MARGIN} x largest winning gap, below the smallest "
-            "losing gap; 0 if no win", "seeds": f"{SEED_BASE}..{SEED_BASE + len(draws) - 1} (disjoint from training)"}
+        pts = [(r[f"L{level}"]["pred"], r[f"L{level}"]["ratio"]) for r in rows]
+        ratios[str(level)] = round(ratio_from(pts), 6)
+    return {"thresholds": thresholds, "ratios": ratios, "rows": rows,
+            "rule": f"{MARGIN} x largest winning gap, below the smallest losing gap; 0 if no win",
+            "ratio_rule": "min(1, 0.999 x smallest losing prediction); 0 if no win",
+            "steps": DEFAULT_STEPS, "size_range": [int(draw_lo), int(draw_hi)], "heldout_sizes": draws[-2:],
+            "seeds": f"{SEED_BASE}..{SEED_BASE + len(draws) - 1} (disjoint from training)"}
 
 
 def write(ckpt: Path, result: dict) -> None:
@@ -111,6 +145,7 @@ def write(ckpt: Path, result: dict) -> None:
     model, info = load_checkpoint(ckpt)
     meta = dict(info["meta"])
     meta["guard_threshold"] = result["thresholds"]
+    meta["guard_ratio"] = result["ratios"]
     meta["guard_calibration"] = result
     save_checkpoint(ckpt, model, meta)
 
@@ -119,17 +154,20 @@ def summary(result: dict) -> str:
     """A markdown table of the calibration."""
     levels = sorted(k for k in result["rows"][0] if k.startswith("L"))
     head = "| seed | n | mesh | degree | dim | " + " | ".join(
-        f"{lv} FSAI | {lv} GCVAE | {lv} ratio | {lv} gap" for lv in levels) + " |"
-    lines = [head, "|" + "---|" * (5 + 4 * len(levels))]
+        f"{lv} FSAI | {lv} GCVAE | {lv} ratio | {lv} gap | {lv} predicted" for lv in levels) + " |"
+    lines = [head, "|" + "---|" * (5 + 5 * len(levels))]
     for r in result["rows"]:
         cells = [str(r["seed"]), str(r["n"]), r["mesh"], str(r["degree"]), str(r["dim"])]
         for lv in levels:
             c = r[lv]
-            cells += [str(c["fsai"]), str(c["gcvae"]), f"{c['ratio']:.3f}", f"{c['gap']:+.4f}"]
+            cells += [str(c["fsai"]), str(c["gcvae"]), f"{c['ratio']:.3f}", f"{c['gap']:+.4f}", f"{c['pred']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["thresholds"].items())
-                 + f" ({result['rule']}; seeds {result['seeds']})")
+                 + f" ({result['rule']}; seeds {result['seeds']}; sizes {result.get('size_range')} cells per side "
+                 f"and {result.get('heldout_sizes')})")
+    lines.append("Ratio thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["ratios"].items())
+                 + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor)")
     return "\n".join(lines)
 
 
@@ -139,9 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--count", type=int, default=24, help="problems (the last two at held-out sizes)")
     ap.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
     ap.add_argument("--report", type=Path, help="write the markdown table here")
+    ap.add_argument("--size-range", type=int, nargs=2, metavar=("LO", "HI"),
+                    help="cells per side of the drawn problems (default: the training datasets' range)")
     args = ap.parse_args(argv)
     sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc
-    result = calibrate(args.checkpoint, args.count)
+    result = calibrate(args.checkpoint, args.count, size_range=tuple(args.size_range) if args.size_range else None)
     text = summary(result)
     print(text)
     if args.report:
