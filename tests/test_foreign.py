@@ -65,7 +65,10 @@ def test_quick_suite_writes_wellformed_files(quick_suite: Path) -> None:
             assert r["iterations_c"] == "", where
         if r["pc"].startswith(("fsai", "gcvae")):
             assert np.isfinite(float(r["kaporin"])), where
-        if r["guard_fired"]:  # the guard columns, where the PC reports them
+        if r["guard_fired"] and r["guard_signal"] == "ratio threshold 0":  # decided before the network ran
+            assert r["guard_fired"] == "True" and float(r["guard_alpha"]) == 0.0, where
+            assert int(r["guard_rows"]) == 0 and r["guard_estimate"] == "", where
+        elif r["guard_fired"]:  # the guard columns, where the PC reports them
             assert r["guard_fired"] in ("True", "False") and int(r["guard_rows"]) > 0, where
             assert np.isfinite(float(r["guard_estimate"])), where
             assert float(r["guard_alpha"]) in (0.0, 1.0) and float(r["guard_cost_s"]) >= 0, where
