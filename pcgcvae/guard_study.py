@@ -69,7 +69,8 @@ def study_problem(name: str, built: Built, levels: list[int], steps: list[int], 
                                "ratio": round(bare["iterations"] / max(fsai["iterations"], 1), 4),
                                "setup_noguard_s": bare.get("setup_s"), "solve_noguard_s": bare.get("solve_s")}
         for s in steps:  # the Kaporin gap never decides here: the short-CG prediction of both candidates
-            probe = run_pc(built, name, "gcvae", b, {**gc, "pc_gcvae_guard_threshold": 1e9,
+            # ratio 1: the trials run whatever the model's calibration (a calibrated 0 would skip them)
+            probe = run_pc(built, name, "gcvae", b, {**gc, "pc_gcvae_guard_threshold": 1e9, "pc_gcvae_guard_ratio": 1.0,
                                                       "pc_gcvae_guard_steps": s, "pc_gcvae_guard_alphas": "0.5,1"})
             row["gap"] = probe.get("guard_estimate")
             trials = probe.get("guard_trials", {})
