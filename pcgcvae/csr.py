@@ -131,3 +131,25 @@ def scale_symmetric(a: CSR) -> tuple[CSR, np.ndarray]:
     dinv = 1.0 / np.sqrt(a.diagonal())
     data = a.data * dinv[a.rows()] * dinv[a.indices]
     return a.with_data(data), dinv
+
+
+ROW_CHUNK = 1 << 15  # rows per block in normalise_rows: bounds the temporary G Â block
+
+
+def normalise_rows(g: CSR, ahat: CSR, chunk: int = ROW_CHUNK) -> np.ndarray:
+    """Values of G scaled so that diag(G Â Gᵀ) = 1: q_i = (G Â Gᵀ)_ii = Σ_k (G Â)_ik G_ik, with
+    scipy.sparse products on blocks of ``chunk`` rows (the temporary G Â block stays small).
+
+    Raises :class:`OperatorError` when some q_i <= 0 (the operator is not SPD)."""
+    import scipy.sparse as sp
+
+    n = g.n
+    G = sp.csr_matrix((g.data, g.indices, g.indptr), shape=(n, n))
+    A = sp.csr_matrix((ahat.data, ahat.indices, ahat.indptr), shape=(n, n))
+    q = np.empty(n)
+    for start in range(0, n, chunk):
+        block = G[start:start + chunk]
+        q[start:start + chunk] = np.asarray((block @ A).multiply(block).sum(axis=1)).ravel()
+    if not np.all(q > 0):
+        raise OperatorError("a factor row has (G Â Gᵀ)_ii <= 0; the operator is not SPD")
+    return g.data / np.sqrt(q)[g.rows()]

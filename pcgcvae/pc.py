@@ -26,7 +26,7 @@ import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from .csr import CSR, check_operator, scale_symmetric
+from .csr import CSR, check_operator, normalise_rows, scale_symmetric
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import build_arrays
 from .fsai import fsai_values, kaporin_score
@@ -43,7 +43,7 @@ from .inference import load_inference_model
 from .models_registry import default_model_name
 from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
 from .pattern import MAX_LEVEL, factor_pattern
-from .petsc_csr import csr_to_mat, mat_to_csr, row_dot
+from .petsc_csr import csr_to_mat, mat_to_csr
 from .symmetry import check_couplings, check_local
 from .trial import PREDICTORS, condition_ratio, energy_ratio, exact_solution, predicted_ratio, short_cg
 
@@ -699,7 +699,7 @@ class GCVAEPC(SPAIFactorPC):
                 g = raw.astype(np.float64)
                 if not np.all(np.isfinite(g)):
                     raise PCGCVAEError("GCVAE produced non-finite factor values")
-                g = normalise_rows_petsc(s.with_data(g), ahat_mat)
+                g = normalise_rows(s.with_data(g), ahat)
                 score = kaporin_score(s.with_data(g).take_rows(block.owned).data, owned_s)
                 scores.append(score)
                 if score < best_score:
@@ -807,7 +807,7 @@ class GCVAEPC(SPAIFactorPC):
         """G(α) = G_FSAI + α (G_GCVAE − G_FSAI), rows renormalised (diag(G Â Gᵀ) = 1)."""
         def blend() -> np.ndarray:
             v = fsai + alpha * (g - fsai)
-            return normalise_rows_petsc(prob.s.with_data(v), prob.ahat_mat) if prob.s.n else v
+            return normalise_rows(prob.s.with_data(v), prob.ahat) if prob.s.n else v
         return self._collective(comm, blend)
 
     def _decide(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray, threshold: float,
@@ -903,15 +903,3 @@ class GCVAEPC(SPAIFactorPC):
                 + f" (chose {min(scores):.5f})"
             )
         return lines + super()._view_lines()
-
-
-def normalise_rows_petsc(g: CSR, ahat_mat: PETSc.Mat) -> np.ndarray:
-    """Values of G scaled so that diag(G Â Gᵀ) = 1, with one PETSc MatMatMult."""
-    gmat = csr_to_mat(g)
-    prod = gmat.matMult(ahat_mat)
-    q = row_dot(g, mat_to_csr(prod))
-    gmat.destroy()
-    prod.destroy()
-    if not np.all(q > 0):
-        raise PCGCVAEError("GCVAE factor has a row with (G Â Gᵀ)_ii <= 0; the operator is not SPD")
-    return g.data / np.sqrt(q)[g.rows()]

@@ -35,9 +35,3 @@ def csr_to_mat(csr: CSR, out: PETSc.Mat | None = None) -> PETSc.Mat:
         out.setValuesCSR(ia, ja, va)
         out.assemble()
     return out
-
-
-def row_dot(left: CSR, right: CSR) -> np.ndarray:
-    """Σ_k left_ik right_ik for every row (pattern(right) ⊇ pattern(left) not required)."""
-    vals = right.lookup(left.rows(), left.indices) * left.data
-    return np.bincount(left.rows(), weights=vals, minlength=left.n)
