@@ -8,6 +8,7 @@ run without PETSc.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,3 +154,12 @@ def normalise_rows(g: CSR, ahat: CSR, chunk: int = ROW_CHUNK) -> np.ndarray:
     if not np.all(q > 0):
         raise OperatorError("a factor row has (G Â Gᵀ)_ii <= 0; the operator is not SPD")
     return g.data / np.sqrt(q)[g.rows()]
+
+
+def structure_digest(*arrays: np.ndarray) -> tuple:
+    """A fingerprint of a nonzero structure (e.g. ``indptr, indices``): the arrays' lengths and a
+    128-bit BLAKE2b digest of their bytes.  Caches compare it instead of keeping copies of the arrays."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).view(np.uint8))
+    return (tuple(len(a) for a in arrays), h.digest())

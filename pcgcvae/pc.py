@@ -26,7 +26,7 @@ import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from .csr import CSR, check_operator, normalise_rows, scale_symmetric
+from .csr import CSR, check_operator, normalise_rows, scale_symmetric, structure_digest
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import build_arrays
 from .fsai import fsai_values, kaporin_score
@@ -131,7 +131,7 @@ class SPAIFactorPC:
         self.G: PETSc.Mat | None = None
         self.GT: PETSc.Mat | None = None
         self._work: PETSc.Vec | None = None
-        self._structure: tuple[np.ndarray, np.ndarray] | None = None
+        self._structure: tuple[tuple, tuple] | None = None  # (sizes and type, digest of G's structure)
         self._pattern_cache: dict = {}
         self._overlap_cache: dict = {}
         self._ordering_cache: dict = {}
@@ -322,8 +322,7 @@ class SPAIFactorPC:
         cache = self._ordering_cache
         same = (
             cache.get("key") == (ordering, block_size)
-            and np.array_equal(cache["indptr"], block.csr.indptr)
-            and np.array_equal(cache["indices"], block.csr.indices)
+            and cache["structure"] == structure_digest(block.csr.indptr, block.csr.indices)
         )
         if not same:
             cache.clear()
@@ -337,8 +336,8 @@ class SPAIFactorPC:
                 if inner is not None:
                     n = block.csr.n
                     perm = np.concatenate([np.arange(first), first + inner, np.arange(first + count, n)])
-            cache.update(key=(ordering, block_size), indptr=block.csr.indptr.copy(),
-                         indices=block.csr.indices.copy(), perm=perm)
+            cache.update(key=(ordering, block_size), structure=structure_digest(block.csr.indptr, block.csr.indices),
+                         perm=perm)
         else:
             self._reused.append("ordering")
         perm = cache["perm"]
@@ -356,8 +355,7 @@ class SPAIFactorPC:
         cache = self._pattern_cache
         same = (
             "ahat_mat" in cache
-            and np.array_equal(cache["indptr"], ahat.indptr)
-            and np.array_equal(cache["indices"], ahat.indices)
+            and cache["structure"] == structure_digest(ahat.indptr, ahat.indices)
         )
         if same:
             ahat_mat = csr_to_mat(ahat, out=cache["ahat_mat"])
@@ -365,7 +363,7 @@ class SPAIFactorPC:
         else:
             cache.clear()
             ahat_mat = csr_to_mat(ahat)
-            cache.update(indptr=ahat.indptr.copy(), indices=ahat.indices.copy(), ahat_mat=ahat_mat)
+            cache.update(structure=structure_digest(ahat.indptr, ahat.indices), ahat_mat=ahat_mat)
         return ahat, dinv, ahat_mat
 
     def _pattern(self, ahat: CSR, ahat_mat: PETSc.Mat) -> tuple[CSR, np.ndarray | None]:
@@ -500,8 +498,7 @@ class SPAIFactorPC:
         structure_changed = (
             self._structure is None
             or self._structure[0] != key
-            or not np.array_equal(self._structure[1], ia)
-            or not np.array_equal(self._structure[2], ja)
+            or self._structure[1] != structure_digest(ia, ja)
         )
         if comm.tompi4py().allreduce(structure_changed, op=MPI.LOR):
             self._destroy_factor()
@@ -511,7 +508,7 @@ class SPAIFactorPC:
             if self.GT.getType() != self.G.getType():
                 self.GT.convert(self.G.getType())
             self._work = self.G.createVecLeft()
-            self._structure = (key, ia.copy(), ja.copy())
+            self._structure = (key, structure_digest(ia, ja))
         else:
             self.G.setValuesCSR(ia, ja, va)  # same structure: overwrite the values (rows offset by rstart)
             self.G.assemble()

@@ -153,3 +153,19 @@ def test_torch_and_run_time_row_normalisation_agree(tiny_poisson) -> None:
         assert np.allclose(normalise_rows_local(s.with_data(raw.double().numpy()), ahat, chunk=chunk), g_local,
                            rtol=1e-13, atol=0)
     assert torch.all(raw[data.s_diag] > 0)
+
+
+def test_structure_digest_tells_structures_apart() -> None:
+    """The caches compare nonzero structures by digest: equal arrays agree (whatever their memory), any
+    changed index or length does not."""
+    from pcgcvae.csr import structure_digest
+
+    indptr, indices = np.array([0, 2, 3, 5]), np.array([0, 1, 1, 0, 2])
+    d = structure_digest(indptr, indices)
+    assert d == structure_digest(indptr.copy(), np.ascontiguousarray(indices[::-1][::-1]))
+    changed = indices.copy()
+    changed[3] = 1
+    assert structure_digest(indptr, changed) != d
+    assert structure_digest(indptr[:-1], indices[:-2]) != d
+    assert structure_digest(np.array([0, 2]), np.array([0, 1, 1, 0, 2])) != structure_digest(np.array([0, 2, 1]),
+                                                                                             np.array([0, 1, 1, 0]))
