@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from .errors import OperatorError
 
@@ -142,8 +143,6 @@ def normalise_rows(g: CSR, ahat: CSR, chunk: int = ROW_CHUNK) -> np.ndarray:
     scipy.sparse products on blocks of ``chunk`` rows (the temporary G Â block stays small).
 
     Raises :class:`OperatorError` when some q_i <= 0 (the operator is not SPD)."""
-    import scipy.sparse as sp
-
     n = g.n
     G = sp.csr_matrix((g.data, g.indices, g.indptr), shape=(n, n))
     A = sp.csr_matrix((ahat.data, ahat.indices, ahat.indptr), shape=(n, n))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
@@ -65,29 +66,28 @@ def _require_real_scalars() -> None:
         )
 
 
+@dataclass
 class _LocalBlock:
     """The rank's block of P: CSR, its global indices and the owned rows."""
 
-    def __init__(self, csr: CSR, global_index: np.ndarray, owned: np.ndarray) -> None:
-        self.csr = csr
-        self.global_index = global_index
-        self.owned = owned
+    csr: CSR
+    global_index: np.ndarray
+    owned: np.ndarray
 
 
+@dataclass
 class _LocalProblem:
     """What the factor values are computed from, on one rank: the block in the local
     ordering, the scaled operator Â = D^-1/2 A D^-1/2 (as CSR and as a PETSc Mat), the pattern
     S and, at level >= 2, Â² on S."""
 
-    def __init__(self, block: _LocalBlock, reordered: bool, ahat: CSR, dinv: np.ndarray,
-                 ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None) -> None:
-        self.block = block
-        self.reordered = reordered
-        self.ahat = ahat
-        self.dinv = dinv
-        self.ahat_mat = ahat_mat
-        self.s = s
-        self.a2 = a2
+    block: _LocalBlock
+    reordered: bool
+    ahat: CSR
+    dinv: np.ndarray
+    ahat_mat: PETSc.Mat
+    s: CSR
+    a2: np.ndarray | None
 
 
 def matrix_family(mtype: str) -> str:
