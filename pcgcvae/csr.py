@@ -89,6 +89,16 @@ class CSR:
         pos = np.repeat(self.indptr[rows] - indptr[:-1], lengths) + np.arange(indptr[-1])
         return CSR(indptr, self.indices[pos], self.data[pos])
 
+    def lower_count(self, rows: np.ndarray, chunk: int = 1 << 15) -> int:
+        """nnz of the lower triangle (diagonal included) in the given rows, ``chunk`` rows at a time."""
+        rows = np.asarray(rows, dtype=np.int64)
+        total = 0
+        for r0 in range(0, len(rows), chunk):
+            r = rows[r0:r0 + chunk]
+            part = self.take_rows(r)
+            total += int(np.count_nonzero(part.indices <= np.repeat(r, np.diff(part.indptr))))
+        return total
+
     def sorted_check(self) -> None:
         """Raise unless column indices are strictly increasing in every row."""
         if self.nnz == 0:

@@ -72,25 +72,17 @@ def local_permutation(a: CSR, ordering: str, block_size: int = 1) -> np.ndarray 
 
 
 def permute(a: CSR, perm: np.ndarray | None) -> CSR:
-    """``a[perm][:, perm]`` (PETSc ``MatCreateSubMatrix`` with the permutation as both index
-    sets); ``a`` itself when ``perm`` is None."""
+    """``a[perm][:, perm]``: the rows taken in the new order, the columns relabelled and sorted in
+    every row (scipy.sparse's in-place row sort); ``a`` itself when ``perm`` is None."""
     if perm is None:
         return a
-    from petsc4py import PETSc
+    import scipy.sparse as sp
 
-    from .petsc_csr import csr_to_mat, mat_to_csr
-
-    mat = csr_to_mat(a)
-    iset = PETSc.IS().createGeneral(perm.astype(PETSc.IntType), comm=PETSc.COMM_SELF)
-    try:
-        out = mat.createSubMatrix(iset, iset)
-        try:
-            return mat_to_csr(out)
-        finally:
-            out.destroy()
-    finally:
-        iset.destroy()
-        mat.destroy()
+    rows = a.take_rows(perm)
+    relabelled = sp.csr_matrix((rows.data, inverse(perm)[rows.indices], rows.indptr), shape=(a.n, a.n))
+    del rows
+    relabelled.sort_indices()
+    return CSR(relabelled.indptr, relabelled.indices, relabelled.data)
 
 
 def inverse(perm: np.ndarray) -> np.ndarray:

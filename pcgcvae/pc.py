@@ -78,14 +78,13 @@ class _LocalBlock:
 @dataclass
 class _LocalProblem:
     """What the factor values are computed from, on one rank: the block in the local
-    ordering, the scaled operator Â = D^-1/2 A D^-1/2 (as CSR and as a PETSc Mat), the pattern
-    S and, at level >= 2, Â² on S."""
+    ordering (its index maps; its matrix is Â's, A's own values are not kept), the scaled
+    operator Â = D^-1/2 A D^-1/2, the pattern S and, at level >= 2, Â² on S."""
 
     block: _LocalBlock
     reordered: bool
     ahat: CSR
     dinv: np.ndarray
-    ahat_mat: PETSc.Mat
     s: CSR
     a2: np.ndarray | None
 
@@ -132,7 +131,8 @@ class SPAIFactorPC:
         self.GT: PETSc.Mat | None = None
         self._work: PETSc.Vec | None = None
         self._structure: tuple[tuple, tuple] | None = None  # (sizes and type, digest of G's structure)
-        self._pattern_cache: dict = {}
+        self._pattern_cache: dict = {}  # Â's structure (digest), the pattern, Â's PETSc Mat at level >= 2
+        self._same_structure = False  # this setup's Â has the nonzero structure of the previous setup's
         self._overlap_cache: dict = {}
         self._ordering_cache: dict = {}
         self._reused: list[str] = []
@@ -187,6 +187,7 @@ class SPAIFactorPC:
     def reset(self, pc: PETSc.PC) -> None:
         self._destroy_factor()
         self._pattern_cache.clear()
+        self._same_structure = False
         self._overlap_cache.clear()
         self._ordering_cache.clear()
 
@@ -345,39 +346,45 @@ class SPAIFactorPC:
             return block, False
         return _LocalBlock(permute(block.csr, perm), block.global_index[perm], inverse(perm)[block.owned]), True
 
-    def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray, PETSc.Mat]:
+    def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray]:
         check_operator(block.csr, block.global_index)
         ahat, dinv = scale_symmetric(block.csr)
         if self.check_symmetry:  # the couplings between ranks: check_couplings, in _setup
             with self._timed("symmetry check"):
                 check_local(ahat, self.symmetry_tol, self.name, self.options_stem + "check_symmetry",
                             block.global_index)
-        cache = self._pattern_cache
-        same = (
-            "ahat_mat" in cache
-            and cache["structure"] == structure_digest(ahat.indptr, ahat.indices)
-        )
-        if same:
-            ahat_mat = csr_to_mat(ahat, out=cache["ahat_mat"])
-            self._reused.append("scaled operator's structure")
-        else:
-            cache.clear()
-            ahat_mat = csr_to_mat(ahat)
-            cache.update(structure=structure_digest(ahat.indptr, ahat.indices), ahat_mat=ahat_mat)
-        return ahat, dinv, ahat_mat
+        structure = structure_digest(ahat.indptr, ahat.indices)
+        self._same_structure = self._pattern_cache.get("structure") == structure
+        if not self._same_structure:
+            self._pattern_cache.clear()
+            self._pattern_cache["structure"] = structure
+        return ahat, dinv
 
-    def _pattern(self, ahat: CSR, ahat_mat: PETSc.Mat) -> tuple[CSR, np.ndarray | None]:
+    def _scaled_mat(self, ahat: CSR) -> PETSc.Mat:
+        """Â as a PETSc matrix, for the products of the level >= 2 patterns (its structure is kept
+        between setups and refilled while it is the same)."""
+        cache = self._pattern_cache
+        if "ahat_mat" in cache:  # (the cache holds only what was built for this structure)
+            self._reused.append("scaled operator's structure")
+            return csr_to_mat(ahat, out=cache["ahat_mat"])
+        cache["ahat_mat"] = csr_to_mat(ahat)
+        return cache["ahat_mat"]
+
+    def _pattern(self, ahat: CSR) -> tuple[CSR, np.ndarray | None]:
         cache = self._pattern_cache
         key = (self.pattern_level, self.pattern_threshold)
         if self.pattern_level == 1 and cache.get("pattern_key") == key:
             s = cache["pattern"]
             self._reused.append("pattern")
             return s.with_data(ahat.lookup(s.rows(), s.indices)), None
-        s, a2 = factor_pattern(ahat, ahat_mat, self.pattern_level, self.pattern_threshold)
+        if self.pattern_level == 1:
+            cache.update(pattern_key=key, pattern=ahat.lower())
+            return cache["pattern"], None
+        s, a2 = factor_pattern(ahat, self._scaled_mat(ahat), self.pattern_level, self.pattern_threshold)
         cache.update(pattern_key=key, pattern=s)
         return s, a2
 
-    def _factor_values(self, ahat: CSR, ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None,
+    def _factor_values(self, ahat: CSR, s: CSR, a2: np.ndarray | None,
                        block: _LocalBlock, block_size: int) -> np.ndarray:
         raise NotImplementedError
 
@@ -389,10 +396,11 @@ class SPAIFactorPC:
         with self._timed("ordering", self.name + "Ordering"):
             block, reordered = self._reordered(block, P.getBlockSize())
         with self._timed("scale"):
-            ahat, dinv, ahat_mat = self._scaled_operator(block)
+            ahat, dinv = self._scaled_operator(block)
+        block = _LocalBlock(ahat, block.global_index, block.owned)  # A's own values are not needed again
         with self._timed("pattern", self.name + "Pattern"):
-            s, a2 = self._pattern(ahat, ahat_mat)
-        return _LocalProblem(block, reordered, ahat, dinv, ahat_mat, s, a2)
+            s, a2 = self._pattern(ahat)
+        return _LocalProblem(block, reordered, ahat, dinv, s, a2)
 
     def _before_values(self, P: PETSc.Mat) -> None:
         """Subclass hook, collective: runs on every rank once every rank has its local problem."""
@@ -416,8 +424,7 @@ class SPAIFactorPC:
             order = np.argsort(own.rows() * P.getSize()[1] + columns, kind="stable")  # rows stay grouped
             columns, values = columns[order], values[order]
         factor = CSR(own.indptr, columns, values)
-        rows_a = block.csr.take_rows(block.owned)
-        tril_a = int(np.count_nonzero(rows_a.indices <= np.repeat(block.owned, np.diff(rows_a.indptr))))
+        tril_a = block.csr.lower_count(block.owned)
         stats = {"n": own.n, "nnz_G": own.nnz, "nnz_trilA": tril_a, "sum_log_diag": float(np.sum(np.log(diag)))}
         return factor, stats
 
@@ -451,16 +458,16 @@ class SPAIFactorPC:
             with self._timed("symmetry check"):
                 check_couplings(P, self.symmetry_tol, self.name, self.options_stem + "check_symmetry")
         with self._timed("local block"):
-            block = self._local_block(P)  # collective with overlap
+            blocks = [self._local_block(P)]  # collective with overlap
 
         def local_problem() -> _LocalProblem:
             self._prepare(P)
-            return self._local_problem(P, block)
+            return self._local_problem(P, blocks.pop())  # the block in the given order is not kept
 
         prob = self._collective(comm, local_problem)
         self._before_values(P)
-        g = self._collective(comm, lambda: self._factor_values(prob.ahat, prob.ahat_mat, prob.s, prob.a2,
-                                                               prob.block, P.getBlockSize()))
+        g = self._collective(comm, lambda: self._factor_values(prob.ahat, prob.s, prob.a2, prob.block,
+                                                               P.getBlockSize()))
         g = self._revise(P, prob, g)
         factor, stats = self._collective(comm, lambda: self._local_factor(P, prob, g))
         with self._timed("assembly", self.name + "Assembly"):
@@ -527,7 +534,7 @@ class FSAIPC(SPAIFactorPC):
     options_stem = "pc_fsai_"
     name = "FSAI"
 
-    def _factor_values(self, ahat: CSR, ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None,
+    def _factor_values(self, ahat: CSR, s: CSR, a2: np.ndarray | None,
                        block: _LocalBlock, block_size: int) -> np.ndarray:
         with self._timed("fsai", "FSAIFactor"):
             return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index)
@@ -667,7 +674,7 @@ class GCVAEPC(SPAIFactorPC):
                 f"not {self.pattern_level}"
             )
 
-    def _factor_values(self, ahat: CSR, ahat_mat: PETSc.Mat, s: CSR, a2: np.ndarray | None,
+    def _factor_values(self, ahat: CSR, s: CSR, a2: np.ndarray | None,
                        block: _LocalBlock, block_size: int) -> np.ndarray:
         if ahat.n == 0:  # a rank without rows (e.g. a coarse GAMG level)
             self.stats["sample_scores"] = []
@@ -782,7 +789,7 @@ class GCVAEPC(SPAIFactorPC):
         threshold, _ = self._guard_threshold()
         if self.fallback_reason or threshold is None:
             return
-        same = P.getComm().tompi4py().allreduce("scaled operator's structure" in self._reused, op=MPI.LAND)
+        same = P.getComm().tompi4py().allreduce(self._same_structure, op=MPI.LAND)
         if not self.guard_recheck and same and self._guard_cache.get("key") == self._guard_key(P, threshold):
             self._cached_guard = self._guard_cache["stats"]
             return

@@ -54,10 +54,10 @@ def grid_size(dofs: float, dim: int) -> int:
     return max(2, round(float(dofs) ** (1.0 / dim)))
 
 
-def stencil_matrix(stencil: str, m: int, comm=None):  # noqa: ANN001, ANN201
+def stencil_matrix(stencil: str, m: int, comm=None, chunk: int = 1 << 16):  # noqa: ANN001, ANN201
     """The ``stencil`` Laplacian on an m^dim grid as a DMDA matrix of ``comm`` (Dirichlet values
-    eliminated: diagonal 2 dim, -1 per neighbour), assembled from each rank's own rows with PETSc's
-    COO interface; returns (A, da)."""
+    eliminated: diagonal 2 dim, -1 per neighbour); every rank inserts its own rows, ``chunk`` rows at
+    a time, into the DMDA's preallocated matrix (so the builder's own memory stays small); returns (A, da)."""
     from petsc4py import PETSc
 
     dim = STENCILS[stencil]
@@ -66,7 +66,8 @@ def stencil_matrix(stencil: str, m: int, comm=None):  # noqa: ANN001, ANN201
                              stencil_type=PETSc.DMDA.StencilType.STAR, comm=comm)
     ranges = da.getRanges()  # owned [start, end) per dimension, x first
     lengths = [np.asarray(r, dtype=np.int64) for r in da.getOwnershipRanges()]  # per-dimension splits
-    starts = [np.concatenate([[0], np.cumsum(ln)[:-1]]) for ln in lengths]
+    ends = [np.cumsum(ln) for ln in lengths]
+    starts = [e - ln for e, ln in zip(ends, lengths)]
     procs = [len(ln) for ln in lengths]
     # first PETSc index of every rank's box, ranks numbered x fastest
     boxes = np.ones(procs[::-1], dtype=np.int64)
@@ -77,7 +78,7 @@ def stencil_matrix(stencil: str, m: int, comm=None):  # noqa: ANN001, ANN201
     offsets = np.concatenate([[0], np.cumsum(boxes.ravel())[:-1]])
 
     def petsc_index(coords: list[np.ndarray]) -> np.ndarray:
-        p = [np.searchsorted(np.cumsum(lengths[d]), coords[d], side="right") for d in range(dim)]
+        p = [np.searchsorted(ends[d], coords[d], side="right") for d in range(dim)]
         rank = p[dim - 1]
         local = coords[dim - 1] - starts[dim - 1][p[dim - 1]]
         for d in range(dim - 2, -1, -1):
@@ -85,22 +86,27 @@ def stencil_matrix(stencil: str, m: int, comm=None):  # noqa: ANN001, ANN201
             local = local * lengths[d][p[d]] + (coords[d] - starts[d][p[d]])
         return offsets[rank] + local
 
-    axes = [np.arange(lo, hi, dtype=np.int64) for lo, hi in ranges]
-    coords = [c.ravel() for c in np.meshgrid(*axes[::-1], indexing="ij")[::-1]]  # x fastest
-    rows = petsc_index(coords)
-    ii, jj, vv = [rows], [rows], [np.full(len(rows), 2.0 * dim)]
-    for d in range(dim):
-        for step in (-1, 1):
-            nb = [c if e != d else c + step for e, c in enumerate(coords)]
-            inside = (nb[d] >= 0) & (nb[d] < m)
-            ii.append(rows[inside])
-            jj.append(petsc_index([c[inside] for c in nb]))
-            vv.append(np.full(int(inside.sum()), -1.0))
-    del coords
     A = da.createMat()
-    A.setPreallocationCOO(np.concatenate(ii).astype(PETSc.IntType), np.concatenate(jj).astype(PETSc.IntType))
-    del ii, jj
-    A.setValuesCOO(np.concatenate(vv))
+    A.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+    rstart, rend = A.getOwnershipRange()
+    box = [hi - lo for lo, hi in ranges]
+    width = 2 * dim + 1
+    for k0 in range(0, rend - rstart, chunk):
+        k = np.arange(k0, min(k0 + chunk, rend - rstart), dtype=np.int64)
+        coords = [ranges[d][0] + (k // int(np.prod(box[:d], dtype=np.int64))) % box[d] for d in range(dim)]
+        cols = np.full((len(k), width), -1, dtype=np.int64)
+        cols[:, 0] = rstart + k
+        for d in range(dim):
+            for step, c in ((-1, 1 + 2 * d), (1, 2 + 2 * d)):
+                nb = [x if e != d else x + step for e, x in enumerate(coords)]
+                inside = (nb[d] >= 0) & (nb[d] < m)
+                cols[inside, c] = petsc_index([x[inside] for x in nb])
+        vals = np.where(cols[:, 1:] >= 0, -1.0, 0.0)
+        vals = np.column_stack([np.full(len(k), 2.0 * dim), vals])
+        keep = cols >= 0
+        indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+        A.setValuesIJV(indptr.astype(PETSc.IntType), cols[keep].astype(PETSc.IntType), vals[keep],
+                       rowmap=(rstart + k).astype(PETSc.IntType))
     A.assemble()
     return A, da
 
