@@ -44,11 +44,9 @@ class CSR:
         return np.repeat(np.arange(self.n, dtype=np.int64), np.diff(self.indptr))
 
     def keys(self) -> np.ndarray:
-        """Entry keys ``row * n + col``; strictly increasing for sorted CSR (cached)."""
-        cached = getattr(self, "_keys", None)
-        if cached is None or len(cached) != len(self.indices):
-            cached = self._keys = self.rows() * self.n + self.indices
-        return cached
+        """Entry keys ``row * n + col``; strictly increasing for sorted CSR (computed on each call:
+        8 bytes per entry are not kept alive with the matrix)."""
+        return self.rows() * self.n + self.indices
 
     def lookup(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Values A[r, c] (0 where no entry is stored), vectorised."""
@@ -76,10 +74,8 @@ class CSR:
         return CSR(indptr, self.indices[mask], self.data[mask])
 
     def with_data(self, data: np.ndarray) -> CSR:
-        """Same structure (and cached keys), new values."""
-        out = CSR(self.indptr, self.indices, data)
-        out._keys = getattr(self, "_keys", None)
-        return out
+        """Same structure (shared index arrays), new values."""
+        return CSR(self.indptr, self.indices, data)
 
     def take_rows(self, rows: np.ndarray) -> CSR:
         """The given rows (in that order), columns unchanged."""
@@ -103,8 +99,10 @@ class CSR:
         """Raise unless column indices are strictly increasing in every row."""
         if self.nnz == 0:
             return
-        keys = self.keys()
-        if np.any(np.diff(keys) <= 0):
+        step = np.diff(self.indices) > 0
+        starts = self.indptr[1:-1]
+        step[starts[(starts > 0) & (starts < self.nnz)] - 1] = True  # a row's first entry follows another row
+        if not np.all(step):
             raise OperatorError("CSR column indices are not sorted and unique in every row")
 
 

@@ -7,7 +7,7 @@ own features.  Every feature is a cheap, local, scale-free quantity, so one mode
 serves any mesh size and any scaling of the operator.
 
 :func:`build_arrays` is what both the torch model (through
-:func:`pcgcvae.training.graph.build_graph`, which wraps the arrays without copying them) and the
+:func:`pcgcvae.training.graph.build_graph`, which wraps the feature arrays without copying them) and the
 torch-free inference of :mod:`pcgcvae.inference` read.
 """
 
@@ -31,10 +31,11 @@ TARGET_EDGE_FEATURES = 1
 class GraphArrays:
     """The GCVAE's input for one matrix.
 
-    ``x`` float32 (n, NODE_FEATURES); ``edge_index`` int64 (2, E), rows (source j, target i),
-    sorted by target then source; ``edge_attr`` float32 (E, EDGE_FEATURES); ``s_index`` int64
+    ``x`` float32 (n, NODE_FEATURES); ``edge_index`` (2, E), rows (source j, target i),
+    sorted by target then source; ``edge_attr`` float32 (E, EDGE_FEATURES); ``s_index``
     (2, nnz(S)), rows (row, column) of every entry of S in CSR order (diagonal last in each
-    row); ``s_attr`` float32 (nnz(S), PATTERN_FEATURES); ``s_diag`` bool (nnz(S),).
+    row); ``s_attr`` float32 (nnz(S), PATTERN_FEATURES); ``s_diag`` bool (nnz(S),).  The index
+    arrays are int32 (int64 beyond 2^31 nodes: :func:`index_dtype`).
     """
 
     x: np.ndarray
@@ -53,6 +54,11 @@ class GraphArrays:
         return self.edge_index.shape[1]
 
 
+def index_dtype(n: int) -> type:
+    """The integer type of node indices of an n-node graph: int32 while it fits (half the memory)."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
     """Message edges (2, E) = (source j, target i) over the off-diagonal entries of
     pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order, and Â's value on each (0 if absent)."""
@@ -69,9 +75,9 @@ def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
         keys = keys[(keys // n) != (keys % n)]
         aval = None
-    edges = np.empty((2, len(keys)), dtype=np.int64)
-    np.remainder(keys, n, out=edges[0])
-    np.floor_divide(keys, n, out=edges[1])
+    edges = np.empty((2, len(keys)), dtype=index_dtype(n))
+    np.remainder(keys, n, out=edges[0], casting="unsafe")  # < n: fits the index type
+    np.floor_divide(keys, n, out=edges[1], casting="unsafe")
     del keys
     if aval is None:
         aval = a.lookup(edges[1], edges[0])
@@ -131,6 +137,6 @@ def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: 
         s_aval * s_off, lambda: np.abs(s_aval) * s_off, s_aval != 0,
         0.0 if a2_on_s is None else a2_on_s * (s_aval == 0), s_diag,
     ])
-    s_index = np.empty((2, s.nnz), dtype=np.int64)
+    s_index = np.empty((2, s.nnz), dtype=index_dtype(n))
     s_index[0], s_index[1] = rs, s.indices
     return GraphArrays(x=x, edge_index=edges, edge_attr=edge_attr, s_index=s_index, s_attr=s_attr, s_diag=s_diag)

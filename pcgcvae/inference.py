@@ -211,8 +211,10 @@ class _Trunk:
         return h
 
     def _conv(self, p: dict[str, np.ndarray], h: np.ndarray, arrays: GraphArrays, plan: _Plan) -> np.ndarray:
+        """One convolution, in place: once every source's part of the messages is taken, a chunk's rows
+        of ``h`` are read only by that chunk, so its new values overwrite them."""
         b = h @ p["lin_j"]  # (n, hidden): every source's part of the message
-        out = np.empty_like(h)
+        out = h
         edge_attr, src, indptr, counts = arrays.edge_attr, plan.src, plan.indptr, plan.counts
         hidden = self.hidden
         buf = np.empty((CHUNK, hidden), dtype=self.dtype)

@@ -148,7 +148,7 @@ def compare(model: GCVAE, net: NumpyGCVAE, ahat: CSR, s: CSR, a2: np.ndarray | N
 
 # -- (a) NumPy forward == torch forward ----------------------------------------------------
 def test_features_are_the_graphs_tensors() -> None:
-    """build_graph wraps build_arrays' arrays (same values, dtypes, no copies); edges sorted by target."""
+    """build_graph wraps build_arrays' arrays (same values; the features not copied); edges sorted by target."""
     ahat, s, a2 = random_problem(60, seed=1, extra=0.05)
     arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=2)
     data = build_graph(ahat, s, a2_on_s=a2, block_size=2)
@@ -156,8 +156,10 @@ def test_features_are_the_graphs_tensors() -> None:
         got = getattr(arrays, key)
         assert np.array_equal(got, getattr(data, key).numpy()), key
     assert arrays.x.dtype == arrays.edge_attr.dtype == arrays.s_attr.dtype == np.float32
-    assert arrays.edge_index.dtype == arrays.s_index.dtype == np.int64 and arrays.s_diag.dtype == bool
-    keys = arrays.edge_index[1] * ahat.n + arrays.edge_index[0]
+    # int32 indices at run time (half the memory), int64 tensors for torch_geometric
+    assert arrays.edge_index.dtype == arrays.s_index.dtype == np.int32 and arrays.s_diag.dtype == bool
+    assert data.edge_index.numpy().dtype == data.s_index.numpy().dtype == np.int64
+    keys = arrays.edge_index[1].astype(np.int64) * ahat.n + arrays.edge_index[0]
     assert np.all(np.diff(keys) > 0)  # target-major, then source, no duplicates
     assert arrays.num_nodes == ahat.n and arrays.num_edges == arrays.edge_attr.shape[0]
 

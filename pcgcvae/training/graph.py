@@ -76,14 +76,14 @@ def build_graph(
     are not in A); ``target``: training target on S; ``triplets``: attach the
     index triplets needed by :func:`pcgcvae.training.quality.normalise_rows`.
     The features are :func:`pcgcvae.features.build_arrays`'s float32 arrays, shared
-    with the tensors (no copy).
+    with the tensors (no copy); the index arrays are copied to int64, torch_geometric's index type.
     """
     arrays = build_arrays(a, s, a2_on_s=a2_on_s, block_size=block_size)
     g = FactorGraph(
         x=torch.from_numpy(arrays.x),
-        edge_index=torch.from_numpy(arrays.edge_index),
+        edge_index=torch.from_numpy(arrays.edge_index.astype(np.int64)),  # torch_geometric's index type
         edge_attr=torch.from_numpy(arrays.edge_attr),
-        s_index=torch.from_numpy(arrays.s_index),
+        s_index=torch.from_numpy(arrays.s_index.astype(np.int64)),
         s_attr=torch.from_numpy(arrays.s_attr),
         s_diag=torch.from_numpy(arrays.s_diag),
         num_nodes=arrays.num_nodes,
