@@ -382,7 +382,7 @@ def plot(rows: list[dict], png: Path) -> None:
             ax.set_title(f"{st}: {label}", fontsize=9)
             ax.set_xlabel("dofs")
             ax.grid(True, which="both", alpha=0.3)
-        row_axes[0].legend(fontsize=6)
+        row_axes[2].legend(fontsize=6)  # the panel with every preconditioner
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
