@@ -7,7 +7,7 @@ own features.  Every feature is a cheap, local, scale-free quantity, so one mode
 serves any mesh size and any scaling of the operator.
 
 :func:`build_arrays` is what both the torch model (through
-:func:`pcgcvae.training.graph.build_graph`, which wraps the feature arrays without copying them) and the
+:func:`pcgcvae.training.graph.build_graph`, which wraps the node and pattern features without copying them) and the
 torch-free inference of :mod:`pcgcvae.inference` read.
 """
 
@@ -32,7 +32,11 @@ class GraphArrays:
     """The GCVAE's input for one matrix.
 
     ``x`` float32 (n, NODE_FEATURES); ``edge_index`` (2, E), rows (source j, target i),
-    sorted by target then source; ``edge_attr`` float32 (E, EDGE_FEATURES); ``s_index``
+    sorted by target then source; ``edge_value`` float32 (E,): Â's value on each edge (0 where
+    only S has it); ``edge_a2`` float32 (E,) or None: Â²'s value on the edges of S outside A
+    (level >= 2); the edge features ``edge_attr`` (E, EDGE_FEATURES) are computed from these,
+    whole or a block of edges at a time (:meth:`edge_features`), so inference never holds all of
+    them; ``s_index``
     (2, nnz(S)), rows (row, column) of every entry of S in CSR order (diagonal last in each
     row); ``s_attr`` float32 (nnz(S), PATTERN_FEATURES); ``s_diag`` bool (nnz(S),).  The index
     arrays are int32 (int64 beyond 2^31 nodes: :func:`index_dtype`).
@@ -40,10 +44,26 @@ class GraphArrays:
 
     x: np.ndarray
     edge_index: np.ndarray
-    edge_attr: np.ndarray
+    edge_value: np.ndarray
+    edge_a2: np.ndarray | None
     s_index: np.ndarray
     s_attr: np.ndarray
     s_diag: np.ndarray
+
+    def edge_features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Features of edges [start, stop), float32 (stop - start, EDGE_FEATURES): Â's value, its
+        magnitude, whether the edge is in A, whether source < target, source > target, Â² on S
+        outside A."""
+        sl = slice(start, self.num_edges if stop is None else stop)
+        v = self.edge_value[sl]
+        sj, ti = self.edge_index[0, sl], self.edge_index[1, sl]
+        return _columns(len(v), [v, lambda: np.abs(v), v != 0, lambda: sj < ti, lambda: sj > ti,
+                                 0.0 if self.edge_a2 is None else self.edge_a2[sl]])
+
+    @property
+    def edge_attr(self) -> np.ndarray:
+        """Every edge's features (a new array; :meth:`edge_features`)."""
+        return self.edge_features()
 
     @property
     def num_nodes(self) -> int:
@@ -120,16 +140,14 @@ def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: 
     ])
 
     edges, aval = _union_offdiag_edges(a, s)
-    sj, ti = edges
-    in_a = aval != 0
-
-    def a2_column() -> np.ndarray | float:
-        if a2_on_s is None:
-            return 0.0
+    edge_value = aval.astype(np.float32)
+    edge_a2 = None
+    if a2_on_s is not None:
+        sj, ti = edges
         lo, hi = np.minimum(ti, sj), np.maximum(ti, sj)
-        return s.with_data(a2_on_s).lookup(hi, lo) * (~in_a)
-
-    edge_attr = _columns(len(aval), [aval, lambda: np.abs(aval), in_a, lambda: sj < ti, lambda: sj > ti, a2_column])
+        edge_a2 = (s.with_data(a2_on_s).lookup(hi, lo) * (edge_value == 0)).astype(np.float32)
+        del lo, hi
+    del aval
 
     s_aval = a.lookup(rs, s.indices)
     s_diag = ~s_off
@@ -139,4 +157,5 @@ def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: 
     ])
     s_index = np.empty((2, s.nnz), dtype=index_dtype(n))
     s_index[0], s_index[1] = rs, s.indices
-    return GraphArrays(x=x, edge_index=edges, edge_attr=edge_attr, s_index=s_index, s_attr=s_attr, s_diag=s_diag)
+    return GraphArrays(x=x, edge_index=edges, edge_value=edge_value, edge_a2=edge_a2, s_index=s_index, s_attr=s_attr,
+                       s_diag=s_diag)

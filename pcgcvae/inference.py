@@ -215,7 +215,7 @@ class _Trunk:
         of ``h`` are read only by that chunk, so its new values overwrite them."""
         b = h @ p["lin_j"]  # (n, hidden): every source's part of the message
         out = h
-        edge_attr, src, indptr, counts = arrays.edge_attr, plan.src, plan.indptr, plan.counts
+        src, indptr, counts = plan.src, plan.indptr, plan.counts
         hidden = self.hidden
         buf = np.empty((CHUNK, hidden), dtype=self.dtype)
         tmp = np.empty((CHUNK, hidden), dtype=self.dtype)
@@ -228,7 +228,7 @@ class _Trunk:
                     buf = np.empty((ne, hidden), dtype=self.dtype)
                     tmp = np.empty((ne, hidden), dtype=self.dtype)
                 t, tt = buf[:ne], tmp[:ne]
-                np.matmul(edge_attr[e0:e1], p["lin_e"], out=t)
+                np.matmul(arrays.edge_features(e0, e1).astype(self.dtype, copy=False), p["lin_e"], out=t)
                 t += np.take(b, src[e0:e1], axis=0)
                 t += np.repeat(_linear(hc, p["lin_i"], p["lin_i_b"]), counts[n0:n1], axis=0)
                 _silu_(t, tt)
