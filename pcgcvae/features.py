@@ -7,7 +7,7 @@ own features.  Every feature is a cheap, local, scale-free quantity, so one mode
 serves any mesh size and any scaling of the operator.
 
 :func:`build_arrays` is what both the torch model (through
-:func:`pcgcvae.training.graph.build_graph`, which wraps the node and pattern features without copying them) and the
+:func:`pcgcvae.training.graph.build_graph`, which computes the whole feature arrays) and the
 torch-free inference of :mod:`pcgcvae.inference` read.
 """
 
@@ -38,7 +38,9 @@ class GraphArrays:
     whole or a block of edges at a time (:meth:`edge_features`), so inference never holds all of
     them; ``s_index``
     (2, nnz(S)), rows (row, column) of every entry of S in CSR order (diagonal last in each
-    row); ``s_attr`` float32 (nnz(S), PATTERN_FEATURES); ``s_diag`` bool (nnz(S),).  The index
+    row); ``s_value`` float32 (nnz(S),): Â's value on each entry of S; ``s_a2`` float32 or None:
+    Â² on the entries of S outside A; ``s_diag`` bool (nnz(S),); the pattern features ``s_attr``
+    (nnz(S), PATTERN_FEATURES) are computed from these (:meth:`pattern_features`).  The index
     arrays are int32 (int64 beyond 2^31 nodes: :func:`index_dtype`).
     """
 
@@ -47,7 +49,8 @@ class GraphArrays:
     edge_value: np.ndarray
     edge_a2: np.ndarray | None
     s_index: np.ndarray
-    s_attr: np.ndarray
+    s_value: np.ndarray
+    s_a2: np.ndarray | None
     s_diag: np.ndarray
 
     def edge_features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -64,6 +67,19 @@ class GraphArrays:
     def edge_attr(self) -> np.ndarray:
         """Every edge's features (a new array; :meth:`edge_features`)."""
         return self.edge_features()
+
+    def pattern_features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Features of the entries [start, stop) of S, float32 (stop - start, PATTERN_FEATURES): Â's
+        value and its magnitude off the diagonal, whether the entry is in A, Â² outside A, diagonal."""
+        sl = slice(start, len(self.s_value) if stop is None else stop)
+        v, diag = self.s_value[sl], self.s_diag[sl]
+        return _columns(len(v), [lambda: v * ~diag, lambda: np.abs(v) * ~diag, v != 0,
+                                 0.0 if self.s_a2 is None else self.s_a2[sl], diag])
+
+    @property
+    def s_attr(self) -> np.ndarray:
+        """Every pattern entry's features (a new array; :meth:`pattern_features`)."""
+        return self.pattern_features()
 
     @property
     def num_nodes(self) -> int:
@@ -150,12 +166,10 @@ def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: 
     del aval
 
     s_aval = a.lookup(rs, s.indices)
-    s_diag = ~s_off
-    s_attr = _columns(s.nnz, [
-        s_aval * s_off, lambda: np.abs(s_aval) * s_off, s_aval != 0,
-        0.0 if a2_on_s is None else a2_on_s * (s_aval == 0), s_diag,
-    ])
+    s_a2 = None if a2_on_s is None else (a2_on_s * (s_aval == 0)).astype(np.float32)
+    s_value = s_aval.astype(np.float32)
+    del s_aval
     s_index = np.empty((2, s.nnz), dtype=index_dtype(n))
     s_index[0], s_index[1] = rs, s.indices
-    return GraphArrays(x=x, edge_index=edges, edge_value=edge_value, edge_a2=edge_a2, s_index=s_index, s_attr=s_attr,
-                       s_diag=s_diag)
+    return GraphArrays(x=x, edge_index=edges, edge_value=edge_value, edge_a2=edge_a2, s_index=s_index,
+                       s_value=s_value, s_a2=s_a2, s_diag=~s_off)

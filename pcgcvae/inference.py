@@ -320,7 +320,7 @@ class NumpyGCVAE:
         for p0 in range(0, nnz, CHUNK):
             p1 = min(p0 + CHUNK, nnz)
             t, tt = buf[: p1 - p0], tmp[: p1 - p0]
-            np.matmul(arrays.s_attr[p0:p1], self.fh_lin_s, out=t)
+            np.matmul(arrays.pattern_features(p0, p1).astype(self.dtype, copy=False), self.fh_lin_s, out=t)
             t += np.take(a, rows[p0:p1], axis=0)
             t += np.take(b, cols[p0:p1], axis=0)
             np.matmul(_silu_(t, tt), self.fh_out, out=out[p0:p1])

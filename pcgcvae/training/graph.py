@@ -4,7 +4,7 @@ so that many of them batch together (training).
 The features themselves are computed with NumPy only by
 :func:`pcgcvae.features.build_arrays` (nodes are dofs, edges are the nonzeros of the
 scaled operator Â plus the symmetrised factor pattern S; see that module);
-:func:`build_graph` wraps those arrays into tensors (the node and pattern features without copies).
+:func:`build_graph` wraps those arrays into tensors (the node features without a copy).
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ def build_graph(
     ``a2_on_s``: values of Â² on S (used as a feature on entries of S that
     are not in A); ``target``: training target on S; ``triplets``: attach the
     index triplets needed by :func:`pcgcvae.training.quality.normalise_rows`.
-    The node and pattern features are :func:`pcgcvae.features.build_arrays`'s float32 arrays,
-    shared with the tensors (no copy); the edge features are computed whole
-    (:attr:`pcgcvae.features.GraphArrays.edge_attr`); the index arrays are copied to int64,
-    torch_geometric's index type.
+    The node features are :func:`pcgcvae.features.build_arrays`'s float32 array, shared with
+    the tensor (no copy); the edge and pattern features are computed whole
+    (:attr:`pcgcvae.features.GraphArrays.edge_attr`, ``s_attr``); the index arrays are copied to
+    int64, torch_geometric's index type.
     """
     arrays = build_arrays(a, s, a2_on_s=a2_on_s, block_size=block_size)
     g = FactorGraph(
