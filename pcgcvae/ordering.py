@@ -40,9 +40,10 @@ def check_ordering(ordering: str, option: str = "ordering") -> None:
 
 
 def node_graph(a: CSR, block_size: int) -> CSR:
-    """The graph of the ``block_size`` x ``block_size`` node blocks of ``a`` (unit values)."""
+    """The graph of the ``block_size`` x ``block_size`` node blocks of ``a`` (its structure: the
+    orderings read no values; ``a`` itself for block size 1)."""
     if block_size == 1:
-        return a.with_data(np.ones(a.nnz))
+        return a
     if a.n % block_size:
         raise OptionError(f"a local block of {a.n} rows is not a whole number of {block_size}-blocks")
     nodes = a.n // block_size

@@ -330,9 +330,12 @@ class SPAIFactorPC:
             perm = None
             if ordering != "natural" and len(block.owned):
                 first, count = int(block.owned[0]), len(block.owned)  # owned rows are contiguous
-                own = block.csr.take_rows(block.owned)
-                own = own.select((own.indices >= first) & (own.indices < first + count))
-                own.indices -= first
+                if count == block.csr.n:  # no halo rows: the block is the owned block (no copy)
+                    own = block.csr
+                else:
+                    own = block.csr.take_rows(block.owned)
+                    own = own.select((own.indices >= first) & (own.indices < first + count))
+                    own.indices -= first
                 inner = local_permutation(own, ordering, block_size)
                 if inner is not None:
                     n = block.csr.n
