@@ -101,16 +101,22 @@ def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
     n = a.n
     akeys = a.keys()
     skeys = s.keys()
-    if len(np.setdiff1d(skeys, akeys, assume_unique=True)) == 0:
+    # S ⊆ pattern(A)? (a binary search per entry of S: no sorted copy of both key sets, as setdiff1d makes)
+    pos = np.minimum(np.searchsorted(akeys, skeys), max(len(akeys) - 1, 0))
+    subset = len(skeys) == 0 or (len(akeys) > 0 and bool(np.all(akeys[pos] == skeys)))
+    del pos
+    if subset:
         off = a.rows() != a.indices  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's
         keys = akeys[off]
         aval = a.data[off]
+        del off
     else:
         rs, cs = s.rows(), s.indices
         keys = np.sort(np.concatenate([akeys, skeys, cs * n + rs]))  # (np.unique hashes: slower here)
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
         keys = keys[(keys // n) != (keys % n)]
         aval = None
+    del akeys, skeys
     edges = np.empty((2, len(keys)), dtype=index_dtype(n))
     np.remainder(keys, n, out=edges[0], casting="unsafe")  # < n: fits the index type
     np.floor_divide(keys, n, out=edges[1], casting="unsafe")
@@ -128,6 +134,26 @@ def _columns(n: int, columns: Sequence[np.ndarray | float | Callable[[], np.ndar
     return out
 
 
+def _node_features(a: CSR, s: CSR, rs: np.ndarray, s_off: np.ndarray, block_size: int) -> np.ndarray:
+    """The (n, NODE_FEATURES) float32 node features (``rs``: S's row of each entry; ``s_off``: off-diagonal)."""
+    n = a.n
+    rows_a = a.rows()
+    off = rows_a != a.indices
+    deg = np.bincount(rows_a[off], minlength=n)
+    comp = np.zeros((n, 3))
+    if block_size > 1:
+        comp[np.arange(n), np.arange(n) % block_size] = 1.0
+    return _columns(n, [
+        lambda: np.bincount(rows_a, weights=a.data, minlength=n),  # row sum of Â
+        lambda: np.bincount(rows_a, weights=np.abs(a.data) * off, minlength=n),  # off-diagonal mass
+        lambda: np.bincount(rs[s_off], minlength=n) / 8.0,
+        lambda: np.bincount(s.indices[s_off], minlength=n) / 8.0,
+        deg / 8.0,
+        deg == 0,  # Dirichlet/identity row
+        comp[:, 0], comp[:, 1], comp[:, 2],
+    ])
+
+
 def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: int = 1) -> GraphArrays:
     """The features of the scaled operator ``a`` (unit diagonal) and the lower pattern ``s``
     (diagonal last in each row).
@@ -137,23 +163,9 @@ def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: 
     peak memory of large graphs low.
     """
     n = a.n
-    rows_a = a.rows()
-    off = rows_a != a.indices
-    deg = np.bincount(rows_a[off], minlength=n)
     rs = s.rows()
     s_off = rs != s.indices
-    comp = np.zeros((n, 3))
-    if block_size > 1:
-        comp[np.arange(n), np.arange(n) % block_size] = 1.0
-    x = _columns(n, [
-        lambda: np.bincount(rows_a, weights=a.data, minlength=n),  # row sum of Â
-        lambda: np.bincount(rows_a, weights=np.abs(a.data) * off, minlength=n),  # off-diagonal mass
-        lambda: np.bincount(rs[s_off], minlength=n) / 8.0,
-        lambda: np.bincount(s.indices[s_off], minlength=n) / 8.0,
-        deg / 8.0,
-        deg == 0,  # Dirichlet/identity row
-        comp[:, 0], comp[:, 1], comp[:, 2],
-    ])
+    x = _node_features(a, s, rs, s_off, block_size)  # (its temporaries die with it)
 
     edges, aval = _union_offdiag_edges(a, s)
     edge_value = aval.astype(np.float32)
