@@ -17,6 +17,7 @@ on the permuted block is mapped back by relabelling its rows and columns.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from .csr import CSR
 from .errors import OptionError
@@ -77,8 +78,6 @@ def permute(a: CSR, perm: np.ndarray | None) -> CSR:
     every row (scipy.sparse's in-place row sort); ``a`` itself when ``perm`` is None."""
     if perm is None:
         return a
-    import scipy.sparse as sp
-
     rows = a.take_rows(perm)
     relabelled = sp.csr_matrix((rows.data, inverse(perm)[rows.indices], rows.indptr), shape=(a.n, a.n))
     del rows

@@ -153,9 +153,7 @@ def run_case(stencil: str, m: int, pc: str) -> dict:
     lo, hi = b.getOwnershipRange()
     b.array[:] = 1.0 + 0.5 * np.sin(0.37 * np.arange(lo, hi))  # fixed per PETSc index
     x = A.createVecRight()
-    opts = parallel_options("gcvae", comm.size) if pc == "gcvae-noguard" else parallel_options(pc, comm.size)
-    if pc == "gcvae-noguard":
-        opts = {**opts, "pc_gcvae_guard_threshold": -1}
+    opts = parallel_options(pc, comm.size)
     prefix = f"scaling_{pc.replace('-', '_')}_"
     full = {"ksp_type": "cg", "ksp_rtol": 1e-8, "ksp_atol": 0.0, "ksp_max_it": 100000,
             "ksp_norm_type": "unpreconditioned", **opts}
