@@ -17,17 +17,27 @@ import scipy.sparse as sp
 from .errors import OperatorError
 
 
+def csr_index_dtype(n: int, nnz: int) -> type:
+    """The integer type of a CSR's index arrays: int32 (PETSc's default ``PetscInt``, so arrays
+    taken from or given to PETSc are not copied) while the size and the entry count fit, else int64.
+    Products of indices (entry keys ``row * n + col``) are formed in int64 (:meth:`CSR.rows`)."""
+    return np.int32 if max(n, nnz) < 2**31 else np.int64
+
+
 @dataclass
 class CSR:
-    """A square local matrix in CSR form with sorted column indices per row."""
+    """A square local matrix in CSR form with sorted column indices per row.
+
+    The index arrays are int32 while they fit (:func:`csr_index_dtype`), the values float64."""
 
     indptr: np.ndarray
     indices: np.ndarray
     data: np.ndarray
 
     def __post_init__(self) -> None:
-        self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
-        self.indices = np.ascontiguousarray(self.indices, dtype=np.int64)
+        itype = csr_index_dtype(len(self.indptr) - 1, len(self.indices))
+        self.indptr = np.ascontiguousarray(self.indptr, dtype=itype)
+        self.indices = np.ascontiguousarray(self.indices, dtype=itype)
         self.data = np.ascontiguousarray(self.data, dtype=np.float64)
 
     @property
@@ -40,7 +50,7 @@ class CSR:
         return len(self.indices)
 
     def rows(self) -> np.ndarray:
-        """Row index of every stored entry."""
+        """Row index of every stored entry (int64: ``rows() * n + indices`` does not overflow)."""
         return np.repeat(np.arange(self.n, dtype=np.int64), np.diff(self.indptr))
 
     def keys(self) -> np.ndarray:

@@ -112,7 +112,7 @@ def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
         del off
     else:
         rs, cs = s.rows(), s.indices
-        keys = np.sort(np.concatenate([akeys, skeys, cs * n + rs]))  # (np.unique hashes: slower here)
+        keys = np.sort(np.concatenate([akeys, skeys, cs.astype(np.int64) * n + rs]))  # (np.unique hashes: slower here)
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
         keys = keys[(keys // n) != (keys % n)]
         aval = None

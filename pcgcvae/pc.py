@@ -44,7 +44,7 @@ from .inference import load_inference_model
 from .models_registry import default_model_name
 from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
 from .pattern import MAX_LEVEL, factor_pattern
-from .petsc_csr import csr_to_mat, mat_to_csr
+from .petsc_csr import csr_to_mat, mat_to_csr, petsc_arrays
 from .symmetry import check_couplings, check_local
 from .trial import PREDICTORS, condition_ratio, energy_ratio, exact_solution, predicted_ratio, short_cg
 
@@ -104,8 +104,7 @@ def factor_matrix(P: PETSc.Mat, factor: CSR) -> PETSc.Mat:
     G = PETSc.Mat().create(comm=P.getComm())
     G.setSizes(P.getSizes())
     G.setType(matrix_family(P.getType()))
-    G.setPreallocationCSR((factor.indptr.astype(PETSc.IntType), factor.indices.astype(PETSc.IntType),
-                           factor.data.astype(PETSc.ScalarType)))  # inserts the values and assembles
+    G.setPreallocationCSR(petsc_arrays(factor))  # inserts the values and assembles
     G.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
     return G
 
@@ -500,9 +499,7 @@ class SPAIFactorPC:
 
     def _assemble(self, P: PETSc.Mat, factor: CSR) -> None:
         comm = P.getComm()
-        ia = factor.indptr.astype(PETSc.IntType)
-        ja = factor.indices.astype(PETSc.IntType)
-        va = factor.data.astype(PETSc.ScalarType)
+        ia, ja, va = petsc_arrays(factor)
         family = matrix_family(P.getType())
         key = (P.getSizes(), family)
         structure_changed = (

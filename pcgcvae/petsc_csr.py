@@ -19,15 +19,20 @@ def mat_to_csr(mat: PETSc.Mat) -> CSR:
     return out
 
 
+def petsc_arrays(csr: CSR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``csr``'s arrays in PETSc's integer and scalar types (the arrays themselves when their types
+    are PETSc's already: no copy)."""
+    return (np.asarray(csr.indptr, dtype=PETSc.IntType), np.asarray(csr.indices, dtype=PETSc.IntType),
+            np.asarray(csr.data, dtype=PETSc.ScalarType))
+
+
 def csr_to_mat(csr: CSR, out: PETSc.Mat | None = None) -> PETSc.Mat:
     """A sequential AIJ matrix with the structure and values of ``csr``.
 
     With ``out`` of the same structure, its values are overwritten in place.
     """
     n = csr.n
-    ia = csr.indptr.astype(PETSc.IntType)
-    ja = csr.indices.astype(PETSc.IntType)
-    va = csr.data.astype(PETSc.ScalarType)
+    ia, ja, va = petsc_arrays(csr)
     if out is None:
         out = PETSc.Mat().createAIJ(size=(n, n), csr=(ia, ja, va), comm=PETSc.COMM_SELF)
     else:

@@ -169,3 +169,31 @@ def test_structure_digest_tells_structures_apart() -> None:
     assert structure_digest(indptr[:-1], indices[:-2]) != d
     assert structure_digest(np.array([0, 2]), np.array([0, 1, 1, 0, 2])) != structure_digest(np.array([0, 2, 1]),
                                                                                              np.array([0, 1, 1, 0]))
+
+
+def test_csr_indices_are_int32_and_entry_keys_do_not_overflow() -> None:
+    """Index arrays are PETSc's int32 (no copies), yet keys row * n + col of a 70 000-row matrix
+    (beyond 2^31) are exact, lookups find the last entries, and the graph's edge keys for a pattern
+    outside A (level >= 2) are formed without overflow."""
+    from pcgcvae.csr import CSR
+    from pcgcvae.features import build_arrays
+
+    n = 70_000
+    import scipy.sparse as sp
+
+    a = sp.diags([-0.25 * np.ones(n - 1), np.ones(n), -0.25 * np.ones(n - 1)], [-1, 0, 1], format="csr")
+    a.sort_indices()
+    csr = CSR(a.indptr, a.indices, a.data)
+    assert csr.indptr.dtype == np.int32 and csr.indices.dtype == np.int32
+    assert int(csr.keys()[-1]) == (n - 1) * n + n - 1
+    assert csr.lookup(np.array([n - 1, n - 1, 0]), np.array([n - 2, n - 1, n - 1])).tolist() == [-0.25, 1.0, 0.0]
+    lower = sp.tril(a, format="lil")
+    lower[n - 1, 0] = 1.0  # an entry of S outside pattern(A): the union branch
+    lower = sp.csr_matrix(lower)
+    lower.sort_indices()
+    s = CSR(lower.indptr, lower.indices, np.ones(lower.nnz))
+    arrays = build_arrays(csr, s, a2_on_s=np.zeros(s.nnz))
+    src, dst = arrays.edge_index
+    assert arrays.num_edges == 2 * (n - 1) + 2  # A's off-diagonal entries, the new entry and its mirror
+    assert {(int(src[k]), int(dst[k])) for k in np.flatnonzero((src == 0) & (dst == n - 1))} == {(0, n - 1)}
+    assert {(int(src[k]), int(dst[k])) for k in np.flatnonzero((src == n - 1) & (dst == 0))} == {(n - 1, 0)}
