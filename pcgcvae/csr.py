@@ -16,6 +16,8 @@ import scipy.sparse as sp
 
 from .errors import OperatorError
 
+LOOKUP_CHUNK = 1 << 20  # queries per vectorised binary search in CSR.positions (bounds its temporaries)
+
 
 def csr_index_dtype(n: int, nnz: int) -> type:
     """The integer type of a CSR's index arrays: int32 (PETSc's default ``PetscInt``, so arrays
@@ -49,25 +51,63 @@ class CSR:
     def nnz(self) -> int:
         return len(self.indices)
 
-    def rows(self) -> np.ndarray:
-        """Row index of every stored entry (int64: ``rows() * n + indices`` does not overflow)."""
-        return np.repeat(np.arange(self.n, dtype=np.int64), np.diff(self.indptr))
+    def rows(self, dtype: type = np.int64) -> np.ndarray:
+        """Row index of every stored entry (int64 by default: ``rows() * n + indices`` does not overflow)."""
+        return np.repeat(np.arange(self.n, dtype=dtype), np.diff(self.indptr))
 
     def keys(self) -> np.ndarray:
         """Entry keys ``row * n + col``; strictly increasing for sorted CSR (computed on each call:
         8 bytes per entry are not kept alive with the matrix)."""
         return self.rows() * self.n + self.indices
 
+    def positions(self, r: np.ndarray, c: np.ndarray, chunk: int = LOOKUP_CHUNK) -> np.ndarray:
+        """Positions in ``indices``/``data`` of the entries (r, c), -1 where none is stored; of the
+        broadcast shape of ``r`` and ``c``.  A vectorised binary search inside each queried row,
+        ``chunk`` queries at a time: its memory is O(chunk), not O(nnz) (no entry keys are formed)."""
+        r, c = np.asarray(r), np.asarray(c)
+        shape = np.broadcast_shapes(r.shape, c.shape)
+        r, c = np.broadcast_to(r, shape).ravel(), np.broadcast_to(c, shape).ravel()
+        out = np.full(len(r), -1, dtype=np.int64)
+        if self.nnz == 0:
+            return out.reshape(shape)
+        last = self.nnz - 1
+        for q0 in range(0, len(r), chunk):
+            rq, cq = r[q0:q0 + chunk], c[q0:q0 + chunk]
+            lo = self.indptr[rq].astype(np.int64)
+            end = self.indptr[rq + 1].astype(np.int64)
+            hi = end.copy()
+            while True:  # lo: the first position in [lo, hi) whose column is >= c
+                active = lo < hi
+                if not active.any():
+                    break
+                mid = (lo + hi) >> 1
+                right = self.indices[np.minimum(mid, last)] < cq
+                np.copyto(lo, mid + 1, where=active & right)
+                np.copyto(hi, mid, where=active & ~right)
+            found = (lo < end) & (self.indices[np.minimum(lo, last)] == cq)
+            out[q0:q0 + chunk] = np.where(found, lo, -1)
+        return out.reshape(shape)
+
     def lookup(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """Values A[r, c] (0 where no entry is stored), vectorised."""
-        keys = self.keys()
-        want = np.asarray(r, dtype=np.int64) * self.n + np.asarray(c, dtype=np.int64)
-        pos = np.searchsorted(keys, want)
-        pos = np.minimum(pos, max(len(keys) - 1, 0))
-        if len(keys) == 0:
-            return np.zeros(want.shape)
-        found = keys[pos] == want
-        return np.where(found, self.data[pos], 0.0)
+        """Values A[r, c] (0 where no entry is stored), vectorised (:meth:`positions`)."""
+        pos = self.positions(r, c)
+        if self.nnz == 0:
+            return np.zeros(pos.shape)
+        return np.where(pos >= 0, self.data[np.maximum(pos, 0)], 0.0)
+
+    def contains(self, other: CSR) -> bool:
+        """Whether every stored entry of ``other`` (same size) is stored in this matrix (rows in
+        blocks of about ``LOOKUP_CHUNK`` entries: no O(nnz) temporaries)."""
+        r0 = 0
+        while r0 < other.n:
+            r1 = max(r0 + 1, int(np.searchsorted(other.indptr, int(other.indptr[r0]) + LOOKUP_CHUNK, side="right")) - 1)
+            r1 = min(r1, other.n)
+            e0, e1 = int(other.indptr[r0]), int(other.indptr[r1])
+            rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(other.indptr[r0:r1 + 1]))
+            if np.any(self.positions(rows, other.indices[e0:e1]) < 0):
+                return False
+            r0 = r1
+        return True
 
     def diagonal(self) -> np.ndarray:
         idx = np.arange(self.n)

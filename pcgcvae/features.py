@@ -99,31 +99,23 @@ def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
     """Message edges (2, E) = (source j, target i) over the off-diagonal entries of
     pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order, and Â's value on each (0 if absent)."""
     n = a.n
-    akeys = a.keys()
-    skeys = s.keys()
-    # S ⊆ pattern(A)? (a binary search per entry of S: no sorted copy of both key sets, as setdiff1d makes)
-    pos = np.minimum(np.searchsorted(akeys, skeys), max(len(akeys) - 1, 0))
-    subset = len(skeys) == 0 or (len(akeys) > 0 and bool(np.all(akeys[pos] == skeys)))
-    del pos
-    if subset:
-        off = a.rows() != a.indices  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's
-        keys = akeys[off]
-        aval = a.data[off]
-        del off
-    else:
-        rs, cs = s.rows(), s.indices
-        keys = np.sort(np.concatenate([akeys, skeys, cs.astype(np.int64) * n + rs]))  # (np.unique hashes: slower here)
-        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-        keys = keys[(keys // n) != (keys % n)]
-        aval = None
-    del akeys, skeys
-    edges = np.empty((2, len(keys)), dtype=index_dtype(n))
+    itype = index_dtype(n)
+    if a.contains(s):  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's off-diagonal entries
+        rows = a.rows(itype)
+        off = rows != a.indices
+        edges = np.empty((2, int(np.count_nonzero(off))), dtype=itype)
+        edges[0], edges[1] = a.indices[off], rows[off]
+        return edges, a.data[off]
+    rs, cs = s.rows(), s.indices
+    keys = np.sort(np.concatenate([a.keys(), s.keys(), cs.astype(np.int64) * n + rs]))  # (np.unique hashes: slower)
+    del rs
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+    keys = keys[(keys // n) != (keys % n)]
+    edges = np.empty((2, len(keys)), dtype=itype)
     np.remainder(keys, n, out=edges[0], casting="unsafe")  # < n: fits the index type
     np.floor_divide(keys, n, out=edges[1], casting="unsafe")
     del keys
-    if aval is None:
-        aval = a.lookup(edges[1], edges[0])
-    return edges, aval
+    return edges, a.lookup(edges[1], edges[0])
 
 
 def _columns(n: int, columns: Sequence[np.ndarray | float | Callable[[], np.ndarray | float]]) -> np.ndarray:
@@ -137,7 +129,7 @@ def _columns(n: int, columns: Sequence[np.ndarray | float | Callable[[], np.ndar
 def _node_features(a: CSR, s: CSR, rs: np.ndarray, s_off: np.ndarray, block_size: int) -> np.ndarray:
     """The (n, NODE_FEATURES) float32 node features (``rs``: S's row of each entry; ``s_off``: off-diagonal)."""
     n = a.n
-    rows_a = a.rows()
+    rows_a = a.rows(index_dtype(n))
     off = rows_a != a.indices
     deg = np.bincount(rows_a[off], minlength=n)
     comp = np.zeros((n, 3))
@@ -163,7 +155,7 @@ def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: 
     peak memory of large graphs low.
     """
     n = a.n
-    rs = s.rows()
+    rs = s.rows(index_dtype(n))
     s_off = rs != s.indices
     x = _node_features(a, s, rs, s_off, block_size)  # (its temporaries die with it)
 

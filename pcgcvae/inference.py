@@ -308,8 +308,11 @@ class NumpyGCVAE:
         """Raw values of G on S (``self.dtype``, aligned with ``arrays.s_index``) for the latent ``z``."""
         z = np.ascontiguousarray(z, dtype=self.dtype)
         h = self.decoder(arrays, plan or _Plan(arrays, self.dtype), z)
-        a = _linear(h, self.fh_lin_i, self.fh_lin_i_b)
         b = h @ self.fh_lin_j
+        # the head's node terms overwrite the hidden states block by block (one n x hidden array less)
+        a = h if self.fh_lin_i.shape[1] == h.shape[1] else np.empty((len(h), self.fh_lin_i.shape[1]), self.dtype)
+        for n0 in range(0, len(h), CHUNK):
+            a[n0:n0 + CHUNK] = _linear(h[n0:n0 + CHUNK], self.fh_lin_i, self.fh_lin_i_b)
         del h
         rows, cols = arrays.s_index
         nnz = len(rows)
