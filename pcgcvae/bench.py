@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .procmem import peak_mb, rss_mb
+
 FAMILIES = {
     # name: (family, dim, degree, sizes quick, sizes default, sizes large)
     "poisson-p1": ("poisson", 2, 1, [16, 32], [31, 100, 316], [1000]),
@@ -41,19 +43,6 @@ FIELDS = ["family", "dofs", "ranks", "pc", "iterations", "converged", "setup_s",
           "setup_mem_mb", "peak_rss_mb", "guard_estimate", "guard_signal", "guard_alpha", "guard_predicted",
           "guard_cost_s"]
 GUARD_FIELDS = FIELDS[-5:]
-
-
-def _rss_mb() -> float:
-    """Current resident set size of this process (MB)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def assemble_case(problem):  # noqa: ANN001, ANN201
@@ -94,11 +83,11 @@ def run_case(P, b, pc: str, repeats: int) -> dict:  # noqa: ANN001
             ksp.setFromOptions()
             x = P.createVecRight()
             comm.barrier()
-            m0 = _rss_mb()
+            m0 = rss_mb()
             t0 = time.perf_counter()
             ksp.setUp()
             t1 = time.perf_counter()
-            m1, peak = _rss_mb(), _peak_rss_mb()
+            m1, peak = rss_mb(), peak_mb()
             ksp.solve(b, x)
             t2 = time.perf_counter()
             setups.append(comm.tompi4py().allreduce(t1 - t0, op=MPI.MAX))

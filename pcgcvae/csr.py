@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from .errors import OperatorError
 
-LOOKUP_CHUNK = 1 << 20  # queries per vectorised binary search in CSR.positions (bounds its temporaries)
+LOOKUP_CHUNK = 1 << 20  # queries per scipy indexing call in CSR.lookup / contains (bounds their temporaries)
 
 
 def csr_index_dtype(n: int, nnz: int) -> type:
@@ -60,40 +60,23 @@ class CSR:
         8 bytes per entry are not kept alive with the matrix)."""
         return self.rows() * self.n + self.indices
 
-    def positions(self, r: np.ndarray, c: np.ndarray, chunk: int = LOOKUP_CHUNK) -> np.ndarray:
-        """Positions in ``indices``/``data`` of the entries (r, c), -1 where none is stored; of the
-        broadcast shape of ``r`` and ``c``.  A vectorised binary search inside each queried row,
-        ``chunk`` queries at a time: its memory is O(chunk), not O(nnz) (no entry keys are formed)."""
+    def scipy(self, data: np.ndarray | None = None) -> sp.csr_array:
+        """This matrix (or its structure with ``data``) as a scipy CSR array sharing the arrays."""
+        return sp.csr_array((self.data if data is None else data, self.indices, self.indptr), shape=(self.n, self.n))
+
+    def lookup(self, r: np.ndarray, c: np.ndarray, chunk: int = LOOKUP_CHUNK) -> np.ndarray:
+        """Values A[r, c] (0 where no entry is stored), of the broadcast shape of ``r`` and ``c``:
+        scipy's indexing (a binary search per query in C), ``chunk`` queries at a time."""
         r, c = np.asarray(r), np.asarray(c)
         shape = np.broadcast_shapes(r.shape, c.shape)
         r, c = np.broadcast_to(r, shape).ravel(), np.broadcast_to(c, shape).ravel()
-        out = np.full(len(r), -1, dtype=np.int64)
-        if self.nnz == 0:
+        out = np.zeros(len(r))
+        if self.nnz == 0 or len(r) == 0:
             return out.reshape(shape)
-        last = self.nnz - 1
+        a = self.scipy()
         for q0 in range(0, len(r), chunk):
-            rq, cq = r[q0:q0 + chunk], c[q0:q0 + chunk]
-            lo = self.indptr[rq].astype(np.int64)
-            end = self.indptr[rq + 1].astype(np.int64)
-            hi = end.copy()
-            while True:  # lo: the first position in [lo, hi) whose column is >= c
-                active = lo < hi
-                if not active.any():
-                    break
-                mid = (lo + hi) >> 1
-                right = self.indices[np.minimum(mid, last)] < cq
-                np.copyto(lo, mid + 1, where=active & right)
-                np.copyto(hi, mid, where=active & ~right)
-            found = (lo < end) & (self.indices[np.minimum(lo, last)] == cq)
-            out[q0:q0 + chunk] = np.where(found, lo, -1)
+            out[q0:q0 + chunk] = a[r[q0:q0 + chunk], c[q0:q0 + chunk]]
         return out.reshape(shape)
-
-    def lookup(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """Values A[r, c] (0 where no entry is stored), vectorised (:meth:`positions`)."""
-        pos = self.positions(r, c)
-        if self.nnz == 0:
-            return np.zeros(pos.shape)
-        return np.where(pos >= 0, self.data[np.maximum(pos, 0)], 0.0)
 
     def contains(self, other: CSR) -> bool:
         """Whether every stored entry of ``other`` (same size) is stored in this matrix (rows in
@@ -103,15 +86,17 @@ class CSR:
             r1 = max(r0 + 1, int(np.searchsorted(other.indptr, int(other.indptr[r0]) + LOOKUP_CHUNK, side="right")) - 1)
             r1 = min(r1, other.n)
             e0, e1 = int(other.indptr[r0]), int(other.indptr[r1])
-            rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(other.indptr[r0:r1 + 1]))
-            if np.any(self.positions(rows, other.indices[e0:e1]) < 0):
+            a0, a1 = int(self.indptr[r0]), int(self.indptr[r1])
+            mine = sp.csr_array((np.ones(a1 - a0), self.indices[a0:a1], self.indptr[r0:r1 + 1] - a0),
+                                shape=(r1 - r0, self.n))  # this block's pattern, 1 where stored
+            rows = np.repeat(np.arange(r1 - r0), np.diff(other.indptr[r0:r1 + 1]))
+            if e1 > e0 and not np.all(mine[rows, other.indices[e0:e1]]):
                 return False
             r0 = r1
         return True
 
     def diagonal(self) -> np.ndarray:
-        idx = np.arange(self.n)
-        return self.lookup(idx, idx)
+        return self.scipy().diagonal()
 
     def lower(self) -> CSR:
         """The lower triangle including the diagonal."""
@@ -128,8 +113,15 @@ class CSR:
         return CSR(self.indptr, self.indices, data)
 
     def take_rows(self, rows: np.ndarray) -> CSR:
-        """The given rows (in that order), columns unchanged."""
+        """The given rows (in that order), columns unchanged; a run of consecutive rows is a slice
+        (all rows: this matrix itself)."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+            r0, r1 = int(rows[0]), int(rows[-1]) + 1
+            if r0 == 0 and r1 == self.n:
+                return self
+            e0, e1 = int(self.indptr[r0]), int(self.indptr[r1])
+            return CSR(self.indptr[r0:r1 + 1] - e0, self.indices[e0:e1], self.data[e0:e1])
         lengths = np.diff(self.indptr)[rows]
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         pos = np.repeat(self.indptr[rows] - indptr[:-1], lengths) + np.arange(indptr[-1])

@@ -95,26 +95,29 @@ def index_dtype(n: int) -> type:
     return np.int32 if n < 2**31 else np.int64
 
 
+def _offdiag_edges(m: CSR) -> tuple[np.ndarray, np.ndarray]:
+    """The off-diagonal entries of ``m`` as message edges (2, E) = (source j, target i), in m's
+    (row, column) order, and the mask of those entries among m's."""
+    rows = m.rows(index_dtype(m.n))
+    off = rows != m.indices
+    edges = np.empty((2, int(np.count_nonzero(off))), dtype=rows.dtype)
+    edges[0], edges[1] = m.indices[off], rows[off]
+    return edges, off
+
+
 def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
     """Message edges (2, E) = (source j, target i) over the off-diagonal entries of
     pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order, and Â's value on each (0 if absent)."""
-    n = a.n
-    itype = index_dtype(n)
     if a.contains(s):  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's off-diagonal entries
-        rows = a.rows(itype)
-        off = rows != a.indices
-        edges = np.empty((2, int(np.count_nonzero(off))), dtype=itype)
-        edges[0], edges[1] = a.indices[off], rows[off]
+        edges, off = _offdiag_edges(a)
         return edges, a.data[off]
-    rs, cs = s.rows(), s.indices
-    keys = np.sort(np.concatenate([a.keys(), s.keys(), cs.astype(np.int64) * n + rs]))  # (np.unique hashes: slower)
-    del rs
-    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-    keys = keys[(keys // n) != (keys % n)]
-    edges = np.empty((2, len(keys)), dtype=itype)
-    np.remainder(keys, n, out=edges[0], casting="unsafe")  # < n: fits the index type
-    np.floor_divide(keys, n, out=edges[1], casting="unsafe")
-    del keys
+    ones = np.ones(max(a.nnz, s.nnz))  # pattern sums: every entry >= 1, so none cancels
+    sp_s = s.scipy(ones[: s.nnz])
+    union = (a.scipy(ones[: a.nnz]) + sp_s + sp_s.T).tocsr()  # scipy's sum (C)
+    del ones, sp_s
+    union.sort_indices()  # (canonical already: a no-op)
+    edges, _ = _offdiag_edges(CSR(union.indptr, union.indices, union.data))
+    del union
     return edges, a.lookup(edges[1], edges[0])
 
 

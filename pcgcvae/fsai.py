@@ -23,20 +23,26 @@ def fsai_values(a: CSR, s: CSR, rows: np.ndarray | None = None,
     """FSAI factor values aligned with ``s.data`` (rows outside ``rows`` left 0).
 
     ``a`` is the (scaled) SPD matrix, ``s`` the lower pattern including the
-    diagonal as the last entry of every row.
+    diagonal as the last entry of every row; A[J, J] is read from A's lower
+    triangle and mirrored (A is symmetric: the symmetry check sees to that).
     """
     g = np.zeros(s.nnz)
     lengths = np.diff(s.indptr)
     todo = np.arange(s.n) if rows is None else np.asarray(rows, dtype=np.int64)
+    diag = a.diagonal()
     for k in np.unique(lengths[todo]):
         group = todo[lengths[todo] == k]
         chunk = max(1, _CHUNK_ENTRIES // int(k * k))
         ar = np.arange(k)
+        below, above = np.tril_indices(k, -1)
         for start in range(0, len(group), chunk):
             rows_k = group[start : start + chunk]
             pos = s.indptr[rows_k][:, None] + ar[None, :]  # (m, k) positions in s
-            cols = s.indices[pos]
-            sub = a.lookup(cols[:, :, None], cols[:, None, :])
+            cols = s.indices[pos]  # increasing along each row: the pairs below the diagonal are A's lower entries
+            sub = np.empty((len(rows_k), k, k))
+            sub[:, below, above] = a.lookup(cols[:, below], cols[:, above])  # A symmetric: half the lookups
+            sub[:, above, below] = sub[:, below, above]
+            sub[:, ar, ar] = diag[cols]
             rhs = np.zeros((len(rows_k), k))
             rhs[:, -1] = 1.0
             try:

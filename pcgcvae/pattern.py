@@ -23,16 +23,15 @@ def factor_pattern(ahat: CSR, ahat_mat: PETSc.Mat, level: int, threshold: float)
         raise OptionError(f"pattern level must be between 1 and {MAX_LEVEL}, got {level}")
     if level == 1:
         return ahat.lower(), None
-    power = ahat_mat
-    a2 = None
+    power, a2 = ahat_mat, None
     for k in range(2, level + 1):
         power = power.matMult(ahat_mat)
-        if k == 2:
+        if k == 2 and level > 2:
             a2 = mat_to_csr(power)
     pk = mat_to_csr(power)
-    rows = pk.rows()
-    in_a = ahat.lookup(rows, pk.indices) != 0
-    keep = (pk.indices <= rows) & ((np.abs(pk.data) >= threshold) | in_a)
-    s = pk.select(keep)
-    s = s.with_data(ahat.lookup(s.rows(), s.indices))
-    return s, a2.lookup(s.rows(), s.indices)
+    low = pk.select(pk.indices <= pk.rows())  # tril(Â^level)
+    del pk
+    a_on_low = ahat.lookup(low.rows(), low.indices)
+    keep = (np.abs(low.data) >= threshold) | (a_on_low != 0)  # entries of Â always kept
+    s = low.select(keep).with_data(a_on_low[keep])
+    return s, low.data[keep] if a2 is None else a2.lookup(s.rows(), s.indices)

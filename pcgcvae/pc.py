@@ -376,12 +376,12 @@ class SPAIFactorPC:
     def _pattern(self, ahat: CSR) -> tuple[CSR, np.ndarray | None]:
         cache = self._pattern_cache
         key = (self.pattern_level, self.pattern_threshold)
-        if self.pattern_level == 1 and cache.get("pattern_key") == key:
-            s = cache["pattern"]
+        if self.pattern_level == 1 and cache.get("pattern_key") == key:  # S = tril(Â): a gather of Â's values
             self._reused.append("pattern")
-            return s.with_data(ahat.lookup(s.rows(), s.indices)), None
+            return cache["pattern"].with_data(ahat.data[cache["lower_mask"]]), None
         if self.pattern_level == 1:
-            cache.update(pattern_key=key, pattern=ahat.lower())
+            mask = ahat.indices <= ahat.rows(ahat.indices.dtype)
+            cache.update(pattern_key=key, pattern=ahat.select(mask), lower_mask=mask)
             return cache["pattern"], None
         s, a2 = factor_pattern(ahat, self._scaled_mat(ahat), self.pattern_level, self.pattern_threshold)
         cache.update(pattern_key=key, pattern=s)

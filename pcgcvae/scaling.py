@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .procmem import peak_mb, reset_peak, rss_mb
+
 STENCILS = {"5pt": 2, "7pt": 3}  # name: dimension
 PCS = ["jacobi", "fsai", "gcvae", "gcvae-noguard", "gamg"]
 DEFAULT_PCS = ["jacobi", "fsai", "gcvae", "gamg"]
@@ -112,32 +114,6 @@ def stencil_matrix(stencil: str, m: int, comm=None, chunk: int = 1 << 16):  # no
 
 
 # -- one case, in its own process ------------------------------------------------------------
-def _status_kb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return float(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _rss_mb() -> float:
-    return _status_kb("VmRSS") / 1024
-
-
-def _peak_mb() -> float:
-    return _status_kb("VmHWM") / 1024
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_case(stencil: str, m: int, pc: str) -> dict:
     """Assemble the operator, set up and solve CG with ``pc`` on every rank; the row's figures (rank 0's dict)."""
     from mpi4py import MPI
@@ -146,7 +122,7 @@ def run_case(stencil: str, m: int, pc: str) -> dict:
     from .evaluate import parallel_options
 
     comm = PETSc.COMM_WORLD.tompi4py()
-    base = _rss_mb()
+    base = rss_mb()
     A, da = stencil_matrix(stencil, m)
     nnz = int(A.getInfo(PETSc.Mat.InfoType.GLOBAL_SUM)["nz_used"])
     b = A.createVecLeft()
@@ -169,15 +145,15 @@ def run_case(stencil: str, m: int, pc: str) -> dict:
 
         load_inference_model(default_model_name(1, "krylov"))
     comm.barrier()
-    before, assembly_peak = _rss_mb(), _peak_mb()
-    reset = _reset_peak()
+    before, assembly_peak = rss_mb(), peak_mb()
+    reset = reset_peak()
     t0 = time.perf_counter()
     ksp.setUp()
     t1 = time.perf_counter()
-    setup_peak = _peak_mb() if reset else max(_rss_mb(), before)
+    setup_peak = peak_mb() if reset else max(rss_mb(), before)
     ksp.solve(b, x)
     t2 = time.perf_counter()
-    whole = max(assembly_peak, _peak_mb())  # the peak counter only grows after its reset
+    whole = max(assembly_peak, peak_mb())  # the peak counter only grows after its reset
     ctx = ksp.getPC().getPythonContext() if ksp.getPC().getType() == "python" else None
     stats = getattr(ctx, "stats", {}) if ctx is not None else {}
     guard = stats.get("guard") if isinstance(stats.get("guard"), dict) else None

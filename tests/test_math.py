@@ -197,3 +197,37 @@ def test_csr_indices_are_int32_and_entry_keys_do_not_overflow() -> None:
     assert arrays.num_edges == 2 * (n - 1) + 2  # A's off-diagonal entries, the new entry and its mirror
     assert {(int(src[k]), int(dst[k])) for k in np.flatnonzero((src == 0) & (dst == n - 1))} == {(0, n - 1)}
     assert {(int(src[k]), int(dst[k])) for k in np.flatnonzero((src == n - 1) & (dst == 0))} == {(n - 1, 0)}
+
+
+def test_csr_lookup_contains_and_graph_union_match_dense_references() -> None:
+    """CSR.lookup (scipy's indexing, in chunks), CSR.contains, CSR.diagonal, take_rows on a slice and the
+    graph's union pattern(A) ∪ S ∪ Sᵀ (scipy's sum) against dense matrices and Python sets."""
+    import scipy.sparse as sp
+
+    from pcgcvae.csr import CSR
+    from pcgcvae.features import _union_offdiag_edges
+
+    n = 300
+    r = sp.random(n, n, density=0.02, random_state=2, format="csr")
+    a_sp = (r + r.T + 10 * sp.eye(n)).tocsr()
+    a_sp.sort_indices()
+    lower = sp.tril(sp.random(n, n, density=0.03, random_state=3) + sp.eye(n), format="csr")
+    lower.sort_indices()
+    a, s = CSR(a_sp.indptr, a_sp.indices, a_sp.data), CSR(lower.indptr, lower.indices, np.ones(lower.nnz))
+    dense_a = a_sp.toarray()
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
+    np.testing.assert_array_equal(a.lookup(rows, cols, chunk=777), dense_a[rows, cols])
+    np.testing.assert_array_equal(a.lookup(rows[:, None], cols[None, :8]), dense_a[rows[:, None], cols[None, :8]])
+    np.testing.assert_array_equal(a.diagonal(), np.diag(dense_a))
+    assert a.contains(a.lower()) and not s.contains(a) and not a.contains(s)
+    part = a.take_rows(np.arange(40, 90))
+    np.testing.assert_array_equal(sp.csr_array((part.data, part.indices, part.indptr), shape=(50, n)).toarray(),
+                                  dense_a[40:90])
+    assert a.take_rows(np.arange(n)) is a
+    edges, values = _union_offdiag_edges(a, s)
+    coo_a, coo_s = a_sp.tocoo(), lower.tocoo()
+    union = set(zip(coo_a.row, coo_a.col)) | set(zip(coo_s.row, coo_s.col)) | set(zip(coo_s.col, coo_s.row))
+    want = sorted((i, j) for i, j in union if i != j)
+    assert list(zip(edges[1].tolist(), edges[0].tolist())) == want
+    np.testing.assert_array_equal(values, [dense_a[i, j] for i, j in want])
