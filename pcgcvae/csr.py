@@ -181,7 +181,8 @@ def scale_symmetric(a: CSR) -> tuple[CSR, np.ndarray]:
     ``a`` must have passed :func:`check_operator`.
     """
     dinv = 1.0 / np.sqrt(a.diagonal())
-    data = a.data * dinv[a.rows()] * dinv[a.indices]
+    data = a.data * np.repeat(dinv, np.diff(a.indptr))
+    data *= dinv[a.indices]
     return a.with_data(data), dinv
 
 

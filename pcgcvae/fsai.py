@@ -6,6 +6,11 @@ minimiser of the Kaporin number of G A Gᵀ over factors on S, and G A Gᵀ has
 unit diagonal.  Rows are solved in batches of equal pattern size with
 NumPy's batched dense solver (the small dense systems PETSc has no kernel
 for).
+
+What the batches need of the nonzero structure -- the rows of each pattern
+length and where the entries of every A[J, J] lie in A -- is an
+:class:`FSAIPlan`; kept between setups with the same structure, a setup
+with new values only gathers them.
 """
 
 from __future__ import annotations
@@ -16,51 +21,92 @@ from .csr import CSR
 from .errors import OperatorError
 
 _CHUNK_ENTRIES = 4_000_000  # rows * k * k per batched solve (about 32 MB)
+PLAN_BUDGET = 4  # an FSAIPlan keeps the positions of A[J, J] when they number at most this many per nonzero of A
+
+
+class FSAIPlan:
+    """The structure-only part of :func:`fsai_values` for one (A, S, rows): the batches (a pattern
+    length k and its rows) and -- when they fit ``PLAN_BUDGET`` -- the positions in A of the entries
+    below the diagonal of every row's A[J, J] (int32 while A's nnz fits; -1: not stored)."""
+
+    def __init__(self, a: CSR, s: CSR, rows: np.ndarray | None = None) -> None:
+        lengths = np.diff(s.indptr)
+        todo = np.arange(s.n) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.batches: list[tuple[int, np.ndarray]] = []  # (k, rows)
+        for k in np.unique(lengths[todo]):
+            k = int(k)
+            group = todo[lengths[todo] == k]
+            chunk = max(1, _CHUNK_ENTRIES // (k * k))
+            for start in range(0, len(group), chunk):
+                self.batches.append((k, group[start:start + chunk].astype(s.indptr.dtype)))
+        pairs = sum(len(r) * k * (k - 1) // 2 for k, r in self.batches)
+        self.a_positions: list[np.ndarray] | None = None
+        if pairs <= PLAN_BUDGET * max(a.nnz, 1):
+            marks = a.scipy(np.arange(1, a.nnz + 1, dtype=np.int32 if a.nnz < 2**31 - 1 else np.int64))
+            self.a_positions = []
+            for k, rows_k in self.batches:
+                below, above = np.tril_indices(k, -1)
+                cols = s.indices[_positions(s, rows_k, k)]
+                found = _sample(marks, cols[:, below], cols[:, above]) - 1  # -1: not stored in A
+                self.a_positions.append(found.astype(marks.dtype, copy=False))
+
+
+def _positions(s: CSR, rows: np.ndarray, k: int) -> np.ndarray:
+    """(m, k) positions in ``s`` of the pattern of ``rows`` (each of length k)."""
+    return s.indptr[rows].astype(np.int64)[:, None] + np.arange(k)[None, :]
+
+
+def _sample(a, r: np.ndarray, c: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """a[r, c] for scipy CSR ``a``, of r's shape."""
+    if r.size == 0:
+        return np.zeros(r.shape, dtype=a.dtype)
+    return np.asarray(a[r.ravel(), c.ravel()]).reshape(r.shape)
 
 
 def fsai_values(a: CSR, s: CSR, rows: np.ndarray | None = None,
-                global_index: np.ndarray | None = None) -> np.ndarray:
+                global_index: np.ndarray | None = None, plan: FSAIPlan | None = None) -> np.ndarray:
     """FSAI factor values aligned with ``s.data`` (rows outside ``rows`` left 0).
 
     ``a`` is the (scaled) SPD matrix, ``s`` the lower pattern including the
     diagonal as the last entry of every row; A[J, J] is read from A's lower
     triangle and mirrored (A is symmetric: the symmetry check sees to that).
+    ``plan``: an :class:`FSAIPlan` of this structure (and ``rows``), else one is made.
     """
+    plan = FSAIPlan(a, s, rows) if plan is None else plan
     g = np.zeros(s.nnz)
-    lengths = np.diff(s.indptr)
-    todo = np.arange(s.n) if rows is None else np.asarray(rows, dtype=np.int64)
     diag = a.diagonal()
-    for k in np.unique(lengths[todo]):
-        group = todo[lengths[todo] == k]
-        chunk = max(1, _CHUNK_ENTRIES // int(k * k))
-        ar = np.arange(k)
+    sp_a = a.scipy() if plan.a_positions is None else None
+    for b, (k, rows_k) in enumerate(plan.batches):
         below, above = np.tril_indices(k, -1)
-        for start in range(0, len(group), chunk):
-            rows_k = group[start : start + chunk]
-            pos = s.indptr[rows_k][:, None] + ar[None, :]  # (m, k) positions in s
-            cols = s.indices[pos]  # increasing along each row: the pairs below the diagonal are A's lower entries
-            sub = np.empty((len(rows_k), k, k))
-            sub[:, below, above] = a.lookup(cols[:, below], cols[:, above])  # A symmetric: half the lookups
-            sub[:, above, below] = sub[:, below, above]
-            sub[:, ar, ar] = diag[cols]
-            rhs = np.zeros((len(rows_k), k))
-            rhs[:, -1] = 1.0
-            try:
-                y = np.linalg.solve(sub, rhs[:, :, None])[:, :, 0]
-            except np.linalg.LinAlgError as exc:
-                raise OperatorError(
-                    "FSAI: a local submatrix A[J,J] is singular; the operator is not SPD"
-                ) from exc
-            ylast = y[:, -1]
-            bad = np.flatnonzero(~(ylast > 0) | ~np.isfinite(ylast))
-            if len(bad):
-                r = int(rows_k[bad[0]])
-                r = r if global_index is None else int(global_index[r])
-                raise OperatorError(
-                    f"FSAI: the submatrix A[J,J] of row {r} is not positive definite; "
-                    "the operator is not SPD"
-                )
-            g[pos] = y / np.sqrt(ylast)[:, None]
+        ar = np.arange(k)
+        pos = _positions(s, rows_k, k)
+        cols = s.indices[pos]  # increasing along each row: the pairs below the diagonal are A's lower entries
+        sub = np.empty((len(rows_k), k, k))
+        if sp_a is None:
+            where = plan.a_positions[b]
+            sub[:, below, above] = np.where(where >= 0, a.data[np.maximum(where, 0)], 0.0)
+        else:
+            sub[:, below, above] = _sample(sp_a, cols[:, below], cols[:, above])
+        sub[:, above, below] = sub[:, below, above]
+        sub[:, ar, ar] = diag[cols]
+        rhs = np.zeros((len(rows_k), k, 1))
+        rhs[:, -1] = 1.0
+        try:
+            y = np.linalg.solve(sub, rhs)[:, :, 0]
+        except np.linalg.LinAlgError as exc:
+            raise OperatorError(
+                "FSAI: a local submatrix A[J,J] is singular; the operator is not SPD"
+            ) from exc
+        ylast = y[:, -1]
+        bad = np.flatnonzero(~(ylast > 0) | ~np.isfinite(ylast))
+        if len(bad):
+            r = int(rows_k[bad[0]])
+            r = r if global_index is None else int(global_index[r])
+            raise OperatorError(
+                f"FSAI: the submatrix A[J,J] of row {r} is not positive definite; "
+                "the operator is not SPD"
+            )
+        g[pos] = y / np.sqrt(ylast)[:, None]
     return g
 
 

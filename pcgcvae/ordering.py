@@ -74,15 +74,29 @@ def local_permutation(a: CSR, ordering: str, block_size: int = 1) -> np.ndarray 
 
 
 def permute(a: CSR, perm: np.ndarray | None) -> CSR:
-    """``a[perm][:, perm]``: the rows taken in the new order, the columns relabelled and sorted in
-    every row (scipy.sparse's in-place row sort); ``a`` itself when ``perm`` is None."""
+    """``a[perm][:, perm]`` (:func:`permuted_structure`, then its values gathered); ``a`` itself when
+    ``perm`` is None."""
     if perm is None:
         return a
-    rows = a.take_rows(perm)
-    relabelled = sp.csr_matrix((rows.data, inverse(perm)[rows.indices], rows.indptr), shape=(a.n, a.n))
-    del rows
-    relabelled.sort_indices()
-    return CSR(relabelled.indptr, relabelled.indices, relabelled.data)
+    indptr, indices, source = permuted_structure(a, perm)
+    return CSR(indptr, indices, a.data[source])
+
+
+def permuted_structure(a: CSR, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The structure of ``a[perm][:, perm]`` -- indptr and column indices, relabelled and sorted in
+    every row by scipy.sparse -- and, for each of its entries, the entry's position in ``a`` (so a
+    matrix of a's structure with other values is permuted by one gather)."""
+    n, nnz = a.n, a.nnz
+    itype = np.int32 if nnz < 2**31 - 1 else np.int64
+    lengths = np.diff(a.indptr)[perm]
+    indptr = np.zeros(n + 1, dtype=itype)
+    np.cumsum(lengths, out=indptr[1:])
+    source = np.repeat(a.indptr[perm].astype(itype) - indptr[:-1], lengths)
+    source += np.arange(nnz, dtype=itype)
+    rows = sp.csr_matrix((source, inverse(perm)[a.indices[source]], indptr), shape=(n, n))
+    rows.has_sorted_indices = False
+    rows.sort_indices()  # in place: the positions travel with their columns
+    return rows.indptr, rows.indices, rows.data
 
 
 def inverse(perm: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from petsc4py import PETSc
 from .csr import CSR, check_operator, normalise_rows, scale_symmetric, structure_digest
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import build_arrays
-from .fsai import fsai_values, kaporin_score
+from .fsai import FSAIPlan, fsai_values, kaporin_score
 from .guard import (
     DEFAULT_FRACTION,
     DEFAULT_PREDICTOR,
@@ -43,7 +43,14 @@ from .guard import (
 )
 from .inference import load_inference_model
 from .models_registry import default_model_name
-from .ordering import DEFAULT_ORDERING, check_ordering, inverse, local_permutation, permute, recorded_ordering
+from .ordering import (
+    DEFAULT_ORDERING,
+    check_ordering,
+    inverse,
+    local_permutation,
+    permuted_structure,
+    recorded_ordering,
+)
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, petsc_arrays
 from .symmetry import check_couplings, check_local
@@ -342,12 +349,16 @@ class SPAIFactorPC:
                     perm = np.concatenate([np.arange(first), first + inner, np.arange(first + count, n)])
             cache.update(key=(ordering, block_size), structure=structure_digest(block.csr.indptr, block.csr.indices),
                          perm=perm)
+            if perm is not None:  # the reordered structure, and where its entries come from
+                cache["permuted"] = permuted_structure(block.csr, perm)
+                cache["global_index"] = block.global_index[perm]
+                cache["owned"] = inverse(perm)[block.owned]
         else:
             self._reused.append("ordering")
-        perm = cache["perm"]
-        if perm is None:
+        if cache["perm"] is None:
             return block, False
-        return _LocalBlock(permute(block.csr, perm), block.global_index[perm], inverse(perm)[block.owned]), True
+        indptr, indices, source = cache["permuted"]
+        return _LocalBlock(CSR(indptr, indices, block.csr.data[source]), cache["global_index"], cache["owned"]), True
 
     def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray]:
         check_operator(block.csr, block.global_index)
@@ -379,6 +390,7 @@ class SPAIFactorPC:
         if self.pattern_level == 1 and cache.get("pattern_key") == key:  # S = tril(Â): a gather of Â's values
             self._reused.append("pattern")
             return cache["pattern"].with_data(ahat.data[cache["lower_mask"]]), None
+        cache.pop("fsai_plan", None)  # a new pattern: FSAI's plan of the old one does not serve
         if self.pattern_level == 1:
             mask = ahat.indices <= ahat.rows(ahat.indices.dtype)
             cache.update(pattern_key=key, pattern=ahat.select(mask), lower_mask=mask)
@@ -386,6 +398,17 @@ class SPAIFactorPC:
         s, a2 = factor_pattern(ahat, self._scaled_mat(ahat), self.pattern_level, self.pattern_threshold)
         cache.update(pattern_key=key, pattern=s)
         return s, a2
+
+    def _fsai(self, ahat: CSR, s: CSR, block: _LocalBlock) -> np.ndarray:
+        """FSAI's values on this setup's pattern (its owned rows); the structure's :class:`FSAIPlan` is
+        kept with the pattern, so a setup with new values on the same structure only gathers them."""
+        cache = self._pattern_cache
+        key = (len(block.owned), int(block.owned[0]) if len(block.owned) else -1)
+        if "fsai_plan" in cache and cache["fsai_plan_rows"] == key:
+            self._reused.append("FSAI plan")
+        else:
+            cache.update(fsai_plan=FSAIPlan(ahat, s, block.owned), fsai_plan_rows=key)
+        return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index, plan=cache["fsai_plan"])
 
     def _factor_values(self, ahat: CSR, s: CSR, a2: np.ndarray | None,
                        block: _LocalBlock, block_size: int) -> np.ndarray:
@@ -540,7 +563,7 @@ class FSAIPC(SPAIFactorPC):
     def _factor_values(self, ahat: CSR, s: CSR, a2: np.ndarray | None,
                        block: _LocalBlock, block_size: int) -> np.ndarray:
         with self._timed("fsai", "FSAIFactor"):
-            return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index)
+            return self._fsai(ahat, s, block)
 
 
 class GCVAEPC(SPAIFactorPC):
@@ -686,7 +709,7 @@ class GCVAEPC(SPAIFactorPC):
         if self.fallback_reason or cached_fsai:  # no inference when FSAI will be used anyway
             self.stats["sample_scores"] = []
             with self._timed("fsai", "FSAIFactor"):
-                return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index)
+                return self._fsai(ahat, s, block)
 
         with self._timed("graph", "GCVAEGraph"):
             data = build_arrays(ahat, s, a2_on_s=a2, block_size=block_size)
@@ -806,8 +829,7 @@ class GCVAEPC(SPAIFactorPC):
 
     def _fsai_everywhere(self, comm: PETSc.Comm, prob: _LocalProblem) -> np.ndarray:
         with self._timed("fsai", "FSAIFactor"):
-            return self._collective(comm, lambda: fsai_values(prob.ahat, prob.s, rows=prob.block.owned,
-                                                              global_index=prob.block.global_index))
+            return self._collective(comm, lambda: self._fsai(prob.ahat, prob.s, prob.block))
 
     def _blend(self, comm: PETSc.Comm, prob: _LocalProblem, g: np.ndarray, fsai: np.ndarray,
                alpha: float) -> np.ndarray:

@@ -9,6 +9,8 @@
 * setup time per nonzero of A at each size (GCVAE and FSAI, pattern level 1; the second
   setup of the process, the first also imports torch and loads the model);
 * the setup's stages (ordering, scaling, pattern, graph, inference, ...; seconds, max over ranks);
+* re-setup: the same KSP set up again after A's values change (scaled by 1.1, then back; the
+  structure is the same, as in a Newton or time step): median of 4, its stages and what it reused;
 * the setup's own memory: the rise of the resident set during ``KSPSetUp`` above its level just
   before (the kernel's peak counter reset there; the model loaded before), first and second
   setup, rank 0; and the process's peak after setup (run one size per process for a clean figure);
@@ -96,6 +98,17 @@ def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
         peak = max(peak, peak_mb())
         pc = ksp.getPC()
         stages = pc.getPythonContext().stats.get("times", {}) if pc.getType() == "python" else {}
+        resetups = []
+        for k in range(4):  # new values on the same structure (a Newton or time step): the same KSP again
+            P.scale(1.1 if k % 2 == 0 else 1 / 1.1)  # (back to A's values after an even number)
+            ksp.setOperators(P)
+            t0 = time.perf_counter()
+            ksp.setUp()
+            resetups.append(time.perf_counter() - t0)
+        resetup = float(np.median(resetups))
+        context = pc.getPythonContext() if pc.getType() == "python" else None
+        resetup_stages = context.stats.get("times", {}) if context is not None else {}
+        reused = context.stats.get("reused", []) if context is not None else []
         x, y = P.createVecs()
         x.setRandom()
         t_apply = _median_time(lambda: pc.apply(x, y))  # noqa: B023
@@ -106,7 +119,9 @@ def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
                      "setup_us_per_nnz": round(1e6 * setup / nnz, 4), "peak_rss_before_mb": round(rss0, 1),
                      "first_setup_rise_mb": round(rises[0], 1), "setup_rise_mb": round(rises[1], 1),
                      "apply_over_matmult": round(t_apply / t_mult, 3), "peak_rss_mb": round(peak, 1),
-                     "iterations": r.iterations, "stages_s": {k: round(v, 4) for k, v in stages.items()}})
+                     "resetup_s": round(resetup, 4), "resetup_over_setup": round(resetup / setup, 3),
+                     "iterations": r.iterations, "stages_s": {k: round(v, 4) for k, v in stages.items()},
+                     "resetup_stages_s": {k: round(v, 4) for k, v in resetup_stages.items()}, "reused": reused})
         ksp.destroy()
     fd.PETSc.Sys.Print(json.dumps(rows))
     return rows

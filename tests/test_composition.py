@@ -111,9 +111,10 @@ def test_resetup_with_new_values_reuses_and_says_so(capfd, level: int) -> None:
     assert ctx.stats["reused"] == []
     A.scale(2.0)
     _solve_iterations(ksp, A)
-    # level 1 takes tril(Â) again; level >= 2 refills the PETSc Mat of Â that its products need
-    want = {"ordering", "pattern", "G's structure"} if level == 1 else {"ordering", "scaled operator's structure",
-                                                                       "G's structure"}
+    # level 1 gathers tril(Â) and FSAI's submatrices through the kept structure; level >= 2 refills the
+    # PETSc Mat of Â that its products need (its pattern depends on the values: recomputed, and FSAI's plan too)
+    want = {"ordering", "pattern", "FSAI plan", "G's structure"} if level == 1 else {
+        "ordering", "scaled operator's structure", "G's structure"}
     assert set(ctx.stats["reused"]) == want
     ksp.view()
     assert "reused from the previous setup (same nonzero structure): ordering" in capfd.readouterr().out

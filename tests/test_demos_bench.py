@@ -79,3 +79,20 @@ def test_bench_quick_writes_files(tmp_path) -> None:
     for (dofs, ranks, pc), its in by_case.items():
         if pc == "gcvae-ov1" and ranks == "1":
             assert its == by_case[(dofs, ranks, "gcvae")]  # overlap changes nothing on one rank
+
+
+def test_pctargets_measures_setup_resetup_and_memory(tmp_path) -> None:
+    """`python -m pcgcvae.pctargets` writes, per preconditioner, the setup's stages, its own memory rise and
+    a re-setup with new values that reuses the structure (and costs less than a first setup's work)."""
+    import json
+
+    out = tmp_path / "targets.json"
+    run([sys.executable, "-m", "pcgcvae.pctargets", "--sizes", "24", "--pcs", "fsai", "gcvae", "--out", str(out)],
+        cwd=tmp_path)
+    rows = {r["pc"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"fsai", "gcvae"}
+    for r in rows.values():
+        assert r["setup_s"] > 0 and r["resetup_s"] > 0 and r["first_setup_rise_mb"] >= 0, r
+        assert {"ordering", "pattern", "G's structure"} <= set(r["reused"]), r
+        assert "inference" in r["stages_s"] or r["pc"] == "fsai", r
+    assert "FSAI plan" in rows["fsai"]["reused"] and "fsai" in rows["fsai"]["resetup_stages_s"]
