@@ -27,7 +27,7 @@ PLAN_BUDGET = 4  # an FSAIPlan keeps the positions of A[J, J] when they number a
 class FSAIPlan:
     """The structure-only part of :func:`fsai_values` for one (A, S, rows): the batches (a pattern
     length k and its rows) and -- when they fit ``PLAN_BUDGET`` -- the positions in A of the entries
-    below the diagonal of every row's A[J, J] (int32 while A's nnz fits; -1: not stored)."""
+    below the diagonal of every row's A[J, J] (int32 while A's nnz fits; nnz(A) where none is stored)."""
 
     def __init__(self, a: CSR, s: CSR, rows: np.ndarray | None = None) -> None:
         lengths = np.diff(s.indptr)
@@ -47,7 +47,8 @@ class FSAIPlan:
             for k, rows_k in self.batches:
                 below, above = np.tril_indices(k, -1)
                 cols = s.indices[_positions(s, rows_k, k)]
-                found = _sample(marks, cols[:, below], cols[:, above]) - 1  # -1: not stored in A
+                found = _sample(marks, cols[:, below], cols[:, above]) - 1
+                found[found < 0] = a.nnz  # not stored in A: the zero appended to A's values
                 self.a_positions.append(found.astype(marks.dtype, copy=False))
 
 
@@ -76,19 +77,17 @@ def fsai_values(a: CSR, s: CSR, rows: np.ndarray | None = None,
     g = np.zeros(s.nnz)
     diag = a.diagonal()
     sp_a = a.scipy() if plan.a_positions is None else None
+    values = None if sp_a is not None else np.concatenate([a.data, [0.0]])  # [nnz(A)]: an entry not stored
     for b, (k, rows_k) in enumerate(plan.batches):
         below, above = np.tril_indices(k, -1)
-        ar = np.arange(k)
         pos = _positions(s, rows_k, k)
         cols = s.indices[pos]  # increasing along each row: the pairs below the diagonal are A's lower entries
+        lower = values[plan.a_positions[b]] if sp_a is None else _sample(sp_a, cols[:, below], cols[:, above])
         sub = np.empty((len(rows_k), k, k))
-        if sp_a is None:
-            where = plan.a_positions[b]
-            sub[:, below, above] = np.where(where >= 0, a.data[np.maximum(where, 0)], 0.0)
-        else:
-            sub[:, below, above] = _sample(sp_a, cols[:, below], cols[:, above])
-        sub[:, above, below] = sub[:, below, above]
-        sub[:, ar, ar] = diag[cols]
+        flat = sub.reshape(len(rows_k), k * k)  # (a view)
+        flat[:, below * k + above] = lower
+        flat[:, above * k + below] = lower
+        flat[:, np.arange(k) * (k + 1)] = diag[cols]
         rhs = np.zeros((len(rows_k), k, 1))
         rhs[:, -1] = 1.0
         try:

@@ -30,6 +30,11 @@ DEFAULT_THRESHOLD = 0.06  # for models whose metadata records no calibrated thre
 DEFAULT_STEPS = 20  # CG steps per candidate factor in the spectral check (pcgcvae.trial); 0: off
 DEFAULT_RATIO = 1.0  # keep a candidate when its predicted iterations are at most this times FSAI's
 DEFAULT_PREDICTOR = "energy"  # pcgcvae.trial.PREDICTORS
+# damped-Jacobi sweeps on the short CG runs' random exact solution (pcgcvae.trial): from a rough x* the
+# 20 steps see the top of the spectrum, and the predicted ratio sat near 1.00-1.04 both on the 5-point
+# stencil (true 1.14) and on in-distribution wins (true 0.96-0.99); from a smoothed one (5, 20 or 50
+# sweeps) the wins predict 0.977-0.997 and the stencils 1.02-1.21 (DESIGN notes, guard section)
+DEFAULT_SMOOTH = 20
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Which guard signal predicts a GCVAE loss: the measurements behind the guard's defaults.
 
-    python -m pcgcvae.guard_study --out docs/guard [--quick] [--steps 10 20 40]
+    python -m pcgcvae.guard_study --out docs/guard [--quick] [--steps 10 20 40] [--smooth 20]
 
 On every foreign-suite problem (:mod:`pcgcvae.foreign`, which no model trains on)
 and on held-out problems of the shipped models' own training families (seeds
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .foreign import NO_GUARD, PC_OPTIONS, Built, _random_rhs, all_cases, run_pc
+from .guard import DEFAULT_SMOOTH
 
 STEPS = [10, 20, 40]
 HELDOUT = [  # (family, size, seed): training families at held-out sizes; seeds 71000+ are no training seed
@@ -55,8 +56,10 @@ def heldout_built(family: str, size: int, seed: int) -> Built:
     return Built(op=build_problem(spec, comm=fd.COMM_SELF).assemble_matrix())
 
 
-def study_problem(name: str, built: Built, levels: list[int], steps: list[int], log=print) -> list[dict]:  # noqa: ANN001
-    """One problem's rows (one per pattern level)."""
+def study_problem(name: str, built: Built, levels: list[int], steps: list[int], log=print,  # noqa: ANN001
+                  smooth: int = DEFAULT_SMOOTH) -> list[dict]:
+    """One problem's rows (one per pattern level); the short CG runs start from x* smoothed by ``smooth``
+    damped-Jacobi sweeps (``-pc_gcvae_guard_smooth``), the guarded runs too."""
     b = _random_rhs(built, name)
     rows = []
     for level in levels:
@@ -71,7 +74,8 @@ def study_problem(name: str, built: Built, levels: list[int], steps: list[int], 
         for s in steps:  # the Kaporin gap never decides here: the short-CG prediction of both candidates
             # ratio 1: the trials run whatever the model's calibration (a calibrated 0 would skip them)
             probe = run_pc(built, name, "gcvae", b, {**gc, "pc_gcvae_guard_threshold": 1e9, "pc_gcvae_guard_ratio": 1.0,
-                                                      "pc_gcvae_guard_steps": s, "pc_gcvae_guard_alphas": "0.5,1"})
+                                                      "pc_gcvae_guard_steps": s, "pc_gcvae_guard_alphas": "0.5,1",
+                                                      "pc_gcvae_guard_smooth": smooth})
             row["gap"] = probe.get("guard_estimate")
             trials = probe.get("guard_trials", {})
             row[f"pred{s}"] = round(trials["1"]["ratio"], 4) if "1" in trials else None
@@ -80,7 +84,7 @@ def study_problem(name: str, built: Built, levels: list[int], steps: list[int], 
             row[f"cond{s}"] = (round(float(np.sqrt(trials["1"]["condition"] / trials["0"]["condition"])), 4)
                                if "1" in trials and "0" in trials else None)
         for key, extra in (("guarded", {}), ("blend", {"pc_gcvae_guard_alphas": "0.5,1"})):
-            r = run_pc(built, name, "gcvae", b, {**gc, **extra})
+            r = run_pc(built, name, "gcvae", b, {**gc, **extra, "pc_gcvae_guard_smooth": smooth})
             row[key] = r["iterations"]
             row[f"{key}_ratio"] = round(r["iterations"] / max(fsai["iterations"], 1), 4)
             row[f"{key}_alpha"] = r.get("guard_alpha")  # guarded_alpha, blend_alpha
@@ -106,7 +110,8 @@ def write(rows: list[dict], out: Path, meta: dict, steps: list[int]) -> None:
          "blend_cost_s"]
     lines = [f"# Guard study\n\n{meta['when']} on {meta['machine']}, `{meta['command']}` ({meta['seconds']:.0f} s). "
              "ratio: GCVAE / FSAI CG iterations without the guard (rtol 1e-8, random rhs); gap: sampled Kaporin gap; "
-             "pred k: the short-CG prediction of that ratio after k steps per factor (α = ½: the half blend's); "
+             "pred k: the short-CG prediction of that ratio after k steps per factor (α = ½: the half blend's), "
+             f"from an exact solution smoothed by {meta.get('smooth', 0)} damped-Jacobi sweeps; "
              "√κ ratio k: the square root of the ratio of the two Lanczos condition estimates of the same runs; "
              "guarded / blend: iterations with the default guard (FSAI or the model's factor) and with the "
              "blend search (`-pc_gcvae_guard_alphas 0.5,1`), their ratio to FSAI, the α chosen and the guard's "
@@ -176,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="the quick suite at its small sizes, no held-out problems")
     ap.add_argument("--steps", type=int, nargs="+", default=STEPS)
     ap.add_argument("--problems", nargs="*", help="only these problem names")
+    ap.add_argument("--smooth", type=int, default=DEFAULT_SMOOTH,
+                    help="damped-Jacobi sweeps on the short CG runs' exact solution (-pc_gcvae_guard_smooth)")
     args = ap.parse_args(argv)
     import platform
 
@@ -184,17 +191,17 @@ def main(argv: list[str] | None = None) -> None:
     for case in all_cases():
         if (args.quick and not case.quick) or (args.problems and case.name not in args.problems):
             continue
-        rows += study_problem(case.name, case.build(args.quick), [1, 2], args.steps)
+        rows += study_problem(case.name, case.build(args.quick), [1, 2], args.steps, smooth=args.smooth)
     if not args.quick:
         for family, size, seed in HELDOUT:
             name = f"heldout-{family}-{size}-s{seed}"
             if args.problems and name not in args.problems:
                 continue
-            rows += study_problem(name, heldout_built(family, size, seed), [1, 2], args.steps)
+            rows += study_problem(name, heldout_built(family, size, seed), [1, 2], args.steps, smooth=args.smooth)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()} ({platform.node()})",
             "command": "python -m pcgcvae.guard_study " + " ".join(argv if argv is not None else []),
-            "seconds": time.time() - t0}
+            "seconds": time.time() - t0, "smooth": args.smooth}
     write(rows, args.out, meta, args.steps)
 
 

@@ -36,6 +36,7 @@ from .guard import (
     DEFAULT_FRACTION,
     DEFAULT_PREDICTOR,
     DEFAULT_RATIO,
+    DEFAULT_SMOOTH,
     DEFAULT_STEPS,
     DEFAULT_THRESHOLD,
     combine,
@@ -590,6 +591,7 @@ class GCVAEPC(SPAIFactorPC):
     per candidate in the spectral check; 0: the Kaporin gap alone), ``-pc_gcvae_guard_ratio R``
     (keep a candidate whose predicted iterations are at most R times FSAI's),
     ``-pc_gcvae_guard_predictor energy|condition|mean`` (how the short CG runs predict the iterations),
+    ``-pc_gcvae_guard_smooth N`` (damped-Jacobi sweeps on the short runs' random exact solution),
     ``-pc_gcvae_guard_alphas a,b,...`` (candidate blends G_FSAI + α (G_GCVAE − G_FSAI), default 1),
     ``-pc_gcvae_guard_recheck`` (measure again on a re-setup with the same structure).
     """
@@ -609,6 +611,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_fraction = DEFAULT_FRACTION
         self.guard_recheck = False
         self.guard_steps = DEFAULT_STEPS
+        self.guard_smooth = DEFAULT_SMOOTH
         self.guard_ratio: float | None = None  # None: the model's calibrated ratio, else DEFAULT_RATIO
         self.guard_alphas: list[float] = [1.0]
         self.guard_predictor = DEFAULT_PREDICTOR
@@ -631,6 +634,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_fraction = opts.getReal(stem + "guard_fraction", self.guard_fraction)
         self.guard_recheck = opts.getBool(stem + "guard_recheck", self.guard_recheck)
         self.guard_steps = opts.getInt(stem + "guard_steps", self.guard_steps)
+        self.guard_smooth = opts.getInt(stem + "guard_smooth", self.guard_smooth)
         if opts.hasName(stem + "guard_ratio"):
             self.guard_ratio = opts.getReal(stem + "guard_ratio")
         self.guard_predictor = opts.getString(stem + "guard_predictor", self.guard_predictor)
@@ -658,6 +662,8 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_guard_fraction must be in (0, 1], got {self.guard_fraction}")
         if self.guard_steps < 0:
             raise OptionError(f"-pc_gcvae_guard_steps must be >= 0, got {self.guard_steps}")
+        if self.guard_smooth < 0:
+            raise OptionError(f"-pc_gcvae_guard_smooth must be >= 0, got {self.guard_smooth}")
         if self.guard_ratio is not None and not (self.guard_ratio >= 0 and np.isfinite(self.guard_ratio)):
             raise OptionError(f"-pc_gcvae_guard_ratio must be a number >= 0, got {self.guard_ratio}")
         if self.guard_predictor not in PREDICTORS:
@@ -797,7 +803,7 @@ class GCVAEPC(SPAIFactorPC):
         """What a cached guard decision was made for (besides the nonzero structure)."""
         return (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
                 self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self._guard_ratio()[0],
-                tuple(self.guard_alphas), self.guard_predictor)
+                tuple(self.guard_alphas), self.guard_predictor, self.guard_smooth)
 
     def _guard_ratio(self) -> tuple[float, str]:
         """The spectral check's ratio threshold in effect and where it comes from."""
@@ -852,7 +858,8 @@ class GCVAEPC(SPAIFactorPC):
             estimate = combine(samples)
         guard = {"estimate": estimate, "threshold": threshold, "source": source,
                  "rows": sum(s.sampled for s in samples), "of": sum(s.owned for s in samples),
-                 "steps": self.guard_steps, "ratio_threshold": ratio, "ratio_source": ratio_source,
+                 "steps": self.guard_steps, "smooth": self.guard_smooth, "ratio_threshold": ratio,
+                 "ratio_source": ratio_source,
                  "predictor": self.guard_predictor,
                  "trials": {}}
         if estimate > threshold:
@@ -863,7 +870,7 @@ class GCVAEPC(SPAIFactorPC):
             return guard, None
         fsai = self._fsai_everywhere(comm, prob)
         with self._timed("guard", "GCVAEGuard"):
-            xstar = exact_solution(P, self.seed)
+            xstar = exact_solution(P, self.seed, self.guard_smooth)
             trials = {}
             try:
                 for alpha in [0.0] + [a for a in self.guard_alphas if a != 0.0]:
@@ -905,7 +912,8 @@ class GCVAEPC(SPAIFactorPC):
                 f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
                 f"({guard['source']})")
         if guard["trials"]:
-            line += (f"; {guard['steps']} CG steps per candidate, predicted iterations / FSAI's "
+            line += (f"; {guard['steps']} CG steps per candidate (x* smoothed by {guard.get('smooth', 0)} "
+                     f"Jacobi sweeps), predicted iterations / FSAI's "
                      f"({guard['predictor']}): "
                      + ", ".join(f"alpha {a:g}: {t['ratio']:.3f} (energy-rate ratio {t['energy_ratio']:.3f}, "
                                  f"sqrt condition ratio {t['condition_ratio']:.3f})"

@@ -4,7 +4,8 @@ The sampled Kaporin gap (:mod:`pcgcvae.guard`) catches factors far from FSAI,
 but not the ones whose gap equals that of in-distribution wins while their
 spectrum is worse (3D stencils: DESIGN.md).  What CG will do is measured
 directly instead: both factors run ``k`` CG steps on the same system
-``P x = P x*`` (``x*`` random, ``x0 = 0``), and the energy-norm error
+``P x = P x*`` (``x*`` random, optionally smoothed by a few damped-Jacobi sweeps;
+``x0 = 0``), and the energy-norm error
 reductions ``ρ = ‖x_k − x*‖_P / ‖x*‖_P`` give each factor's mean convergence
 rate per step, ``log ρ / k``.  Their quotient predicts the ratio of the two
 iteration counts:
@@ -64,11 +65,28 @@ class _FactorApply:
         self.work.destroy()
 
 
-def exact_solution(P: PETSc.Mat, seed: int) -> PETSc.Vec:
-    """A random ``x*`` (each rank draws its own entries from ``seed`` and its rank)."""
+SMOOTHING_WEIGHT = 2.0 / 3.0  # damped Jacobi's weight in exact_solution's sweeps
+
+
+def exact_solution(P: PETSc.Mat, seed: int, sweeps: int = 0) -> PETSc.Vec:
+    """A random ``x*`` (each rank draws its own entries from ``seed`` and its rank), then ``sweeps``
+    damped-Jacobi sweeps x <- x - ω D⁻¹ P x (ω = 2/3): they damp its high-frequency part, so the
+    short CG runs start from the smooth error whose reduction sets a solve's iteration count."""
     x = P.createVecRight()
     rng = np.random.default_rng([seed, P.getComm().getRank()])
     x.array[:] = rng.standard_normal(x.getLocalSize())
+    if sweeps > 0:
+        dinv = P.getDiagonal()
+        dinv.reciprocal()
+        r = P.createVecLeft()
+        try:
+            for _ in range(sweeps):
+                P.mult(x, r)
+                r.pointwiseMult(r, dinv)
+                x.axpy(-SMOOTHING_WEIGHT, r)
+        finally:
+            r.destroy()
+            dinv.destroy()
     return x
 
 

@@ -16,7 +16,8 @@ side, serial).  The threshold of a level is then
     fires on every in-distribution loss), and 0 (always FSAI) when it won nowhere.
 
 On the same runs it records the guard's spectral prediction of that ratio (the model's factor against
-FSAI after :data:`pcgcvae.guard.DEFAULT_STEPS` CG steps each, :mod:`pcgcvae.trial`), and the ratio
+FSAI after :data:`pcgcvae.guard.DEFAULT_STEPS` CG steps each from an exact solution smoothed by
+:data:`pcgcvae.guard.DEFAULT_SMOOTH` Jacobi sweeps, :mod:`pcgcvae.trial`), and the ratio
 threshold of a level is
 
     R = min(1, 0.999 × smallest prediction where the GCVAE needed more than FSAI's iterations),
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..guard import DEFAULT_STEPS
+from ..guard import DEFAULT_SMOOTH, DEFAULT_STEPS
 
 MARGIN = 1.25
 SEED_BASE = 70_000  # calibration problem seeds: SEED_BASE + k (checked against the training seeds)
@@ -134,7 +135,8 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
     return {"thresholds": thresholds, "ratios": ratios, "rows": rows,
             "rule": f"{MARGIN} x largest winning gap, below the smallest losing gap; 0 if no win",
             "ratio_rule": "min(1, 0.999 x smallest losing prediction); 0 if no win",
-            "steps": DEFAULT_STEPS, "size_range": [int(draw_lo), int(draw_hi)], "heldout_sizes": draws[-2:],
+            "steps": DEFAULT_STEPS, "smooth": DEFAULT_SMOOTH, "size_range": [int(draw_lo), int(draw_hi)],
+            "heldout_sizes": draws[-2:],
             "seeds": f"{SEED_BASE}..{SEED_BASE + len(draws) - 1} (disjoint from training)"}
 
 
@@ -167,7 +169,8 @@ def summary(result: dict) -> str:
                  + f" ({result['rule']}; seeds {result['seeds']}; sizes {result.get('size_range')} cells per side "
                  f"and {result.get('heldout_sizes')})")
     lines.append("Ratio thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["ratios"].items())
-                 + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor)")
+                 + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor from x* smoothed by "
+                   f"{result.get('smooth', 0)} Jacobi sweeps)")
     return "\n".join(lines)
 
 
