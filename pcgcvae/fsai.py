@@ -41,15 +41,17 @@ class FSAIPlan:
                 self.batches.append((k, group[start:start + chunk].astype(s.indptr.dtype)))
         pairs = sum(len(r) * k * (k - 1) // 2 for k, r in self.batches)
         self.a_positions: list[np.ndarray] | None = None
+        self.missing: list[bool] = []  # per batch: whether some pair is not stored in A
         if pairs <= PLAN_BUDGET * max(a.nnz, 1):
             marks = a.scipy(np.arange(1, a.nnz + 1, dtype=np.int32 if a.nnz < 2**31 - 1 else np.int64))
-            self.a_positions = []
+            self.a_positions, self.missing = [], []
             for k, rows_k in self.batches:
                 below, above = np.tril_indices(k, -1)
                 cols = s.indices[_positions(s, rows_k, k)]
                 found = _sample(marks, cols[:, below], cols[:, above]) - 1
-                found[found < 0] = a.nnz  # not stored in A: the zero appended to A's values
+                found[found < 0] = a.nnz  # not stored in A
                 self.a_positions.append(found.astype(marks.dtype, copy=False))
+                self.missing.append(bool(np.any(found == a.nnz)))
 
 
 def _positions(s: CSR, rows: np.ndarray, k: int) -> np.ndarray:
@@ -77,12 +79,17 @@ def fsai_values(a: CSR, s: CSR, rows: np.ndarray | None = None,
     g = np.zeros(s.nnz)
     diag = a.diagonal()
     sp_a = a.scipy() if plan.a_positions is None else None
-    values = None if sp_a is not None else np.concatenate([a.data, [0.0]])  # [nnz(A)]: an entry not stored
     for b, (k, rows_k) in enumerate(plan.batches):
         below, above = np.tril_indices(k, -1)
         pos = _positions(s, rows_k, k)
         cols = s.indices[pos]  # increasing along each row: the pairs below the diagonal are A's lower entries
-        lower = values[plan.a_positions[b]] if sp_a is None else _sample(sp_a, cols[:, below], cols[:, above])
+        if sp_a is None:
+            where = plan.a_positions[b]
+            lower = a.data.take(where, mode="clip")
+            if plan.missing[b]:
+                lower[where == a.nnz] = 0.0  # not stored in A
+        else:
+            lower = _sample(sp_a, cols[:, below], cols[:, above])
         sub = np.empty((len(rows_k), k, k))
         flat = sub.reshape(len(rows_k), k * k)  # (a view)
         flat[:, below * k + above] = lower

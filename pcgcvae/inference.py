@@ -138,12 +138,13 @@ class _Plan:
         src, dst = arrays.edge_index
         if len(dst) > 1 and np.any(dst[1:] < dst[:-1]):
             raise ValueError("GraphArrays.edge_index must be sorted by target (pcgcvae.features.build_arrays)")
-        counts = np.bincount(dst, minlength=n)
+        itype = np.int32 if len(dst) < 2**31 else np.int64  # (half the memory of bincount's int64)
+        counts = np.bincount(dst, minlength=n).astype(itype)
         self.n = n
         self.src = src
         self.counts = counts
         self.denominator = np.maximum(counts, 1).astype(dtype)[:, None]
-        indptr = np.zeros(n + 1, dtype=np.int64)
+        indptr = np.zeros(n + 1, dtype=itype)
         np.cumsum(counts, out=indptr[1:])
         self.indptr = indptr
         # node chunks [n0, n1): at most CHUNK nodes and CHUNK incoming edges (or one node)
@@ -339,6 +340,8 @@ class NumpyGCVAE:
         from the prior with ``rng`` (or one factor for the prior mean, ``use_mean``)."""
         plan = _Plan(arrays, self.dtype)
         mu, logvar = self.prior_params(arrays, plan)
+        if use_mean:
+            del logvar  # (n x latent: not needed for the prior mean)
         if not use_mean and rng is None:
             rng = np.random.default_rng()
         out = []

@@ -93,7 +93,8 @@ def permuted_structure(a: CSR, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray
     np.cumsum(lengths, out=indptr[1:])
     source = np.repeat(a.indptr[perm].astype(itype) - indptr[:-1], lengths)
     source += np.arange(nnz, dtype=itype)
-    rows = sp.csr_matrix((source, inverse(perm)[a.indices[source]], indptr), shape=(n, n))
+    relabel = inverse(perm).astype(a.indices.dtype, copy=False)  # the index type throughout: no int64 copies
+    rows = sp.csr_matrix((source, relabel[a.indices[source]], indptr), shape=(n, n))
     rows.has_sorted_indices = False
     rows.sort_indices()  # in place: the positions travel with their columns
     return rows.indptr, rows.indices, rows.data

@@ -350,15 +350,24 @@ class SPAIFactorPC:
                     perm = np.concatenate([np.arange(first), first + inner, np.arange(first + count, n)])
             cache.update(key=(ordering, block_size), structure=structure_digest(block.csr.indptr, block.csr.indices),
                          perm=perm)
-            if perm is not None:  # the reordered structure, and where its entries come from
-                cache["permuted"] = permuted_structure(block.csr, perm)
+            if perm is not None:
                 cache["global_index"] = block.global_index[perm]
                 cache["owned"] = inverse(perm)[block.owned]
         else:
             self._reused.append("ordering")
-        if cache["perm"] is None:
+        perm = cache["perm"]
+        if perm is None:
             return block, False
-        indptr, indices, source = cache["permuted"]
+        # The reordered structure and where each entry comes from (4 bytes per entry) are kept from the
+        # second setup of a structure on, when values are seen to change on it (Newton, time steps): a
+        # first setup's peak memory does not carry them; later setups permute by one gather.
+        permuted = cache.get("permuted")
+        if permuted is None:
+            permuted = permuted_structure(block.csr, perm)
+            if same:
+                cache["permuted"] = permuted
+        indptr, indices, source = permuted
+        del permuted
         return _LocalBlock(CSR(indptr, indices, block.csr.data[source]), cache["global_index"], cache["owned"]), True
 
     def _scaled_operator(self, block: _LocalBlock) -> tuple[CSR, np.ndarray]:

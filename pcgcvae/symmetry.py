@@ -34,7 +34,9 @@ def largest_asymmetry(a: CSR) -> tuple[float, int, int]:
     t = m.T.tocsr()
     t.sort_indices()
     if np.array_equal(t.indptr, a.indptr) and np.array_equal(t.indices, a.indices):
-        diff = sp.csr_array((np.abs(a.data - t.data), a.indices, a.indptr), shape=(a.n, a.n))
+        gap = np.subtract(a.data, t.data)
+        del t
+        diff = sp.csr_array((np.abs(gap, out=gap), a.indices, a.indptr), shape=(a.n, a.n))
     else:
         diff = abs(m - t).tocsr()
     if diff.nnz == 0:
