@@ -329,10 +329,8 @@ class SPAIFactorPC:
         ``block``; its ``owned`` rows stay in the order of the assembled factor's rows."""
         ordering = self._ordering()
         cache = self._ordering_cache
-        same = (
-            cache.get("key") == (ordering, block_size)
-            and cache["structure"] == structure_digest(block.csr.indptr, block.csr.indices)
-        )
+        digest = structure_digest(block.csr.indptr, block.csr.indices)  # the one digest of a setup
+        same = cache.get("key") == (ordering, block_size) and cache["structure"] == digest
         if not same:
             cache.clear()
             perm = None
@@ -348,8 +346,7 @@ class SPAIFactorPC:
                 if inner is not None:
                     n = block.csr.n
                     perm = np.concatenate([np.arange(first), first + inner, np.arange(first + count, n)])
-            cache.update(key=(ordering, block_size), structure=structure_digest(block.csr.indptr, block.csr.indices),
-                         perm=perm)
+            cache.update(key=(ordering, block_size), structure=digest, perm=perm)
             if perm is not None:
                 cache["global_index"] = block.global_index[perm]
                 cache["owned"] = inverse(perm)[block.owned]
@@ -377,7 +374,8 @@ class SPAIFactorPC:
             with self._timed("symmetry check"):
                 check_local(ahat, self.symmetry_tol, self.name, self.options_stem + "check_symmetry",
                             block.global_index)
-        structure = structure_digest(ahat.indptr, ahat.indices)
+        # Â's structure is a function of the block's and of the ordering: keyed by both (no second digest)
+        structure = (self._ordering_cache["key"], self._ordering_cache["structure"])
         self._same_structure = self._pattern_cache.get("structure") == structure
         if not self._same_structure:
             self._pattern_cache.clear()
@@ -400,7 +398,8 @@ class SPAIFactorPC:
         if self.pattern_level == 1 and cache.get("pattern_key") == key:  # S = tril(Â): a gather of Â's values
             self._reused.append("pattern")
             return cache["pattern"].with_data(ahat.data[cache["lower_mask"]]), None
-        cache.pop("fsai_plan", None)  # a new pattern: FSAI's plan of the old one does not serve
+        cache.pop("fsai_plan", None)  # a new pattern: FSAI's plan and the factor's layout of the old one
+        cache.pop("layout", None)  # do not serve
         if self.pattern_level == 1:
             mask = ahat.indices <= ahat.rows(ahat.indices.dtype)
             cache.update(pattern_key=key, pattern=ahat.select(mask), lower_mask=mask)
@@ -447,24 +446,44 @@ class SPAIFactorPC:
         return g
 
     def _local_factor(self, P: PETSc.Mat, prob: _LocalProblem, g: np.ndarray) -> tuple[CSR, dict]:
-        """Owned rows of G = Ĝ D^-1/2 with global column indices, plus stats."""
-        block, s = prob.block, prob.s
-        own = s.take_rows(block.owned)
-        g_own = s.with_data(g).take_rows(block.owned).data
-        diag = g_own[own.indptr[1:] - 1]
+        """Owned rows of G = Ĝ D^-1/2 with global column indices, plus stats.  Where the values go is
+        :meth:`_factor_layout` (kept from a structure's second setup on); here only values are moved."""
+        cache = self._pattern_cache
+        layout = cache.get("layout") if "pattern" in self._reused else None
+        if layout is None:
+            layout = self._factor_layout(prob)
+            if "pattern" in self._reused:  # a structure seen again: keep where the values go
+                cache["layout"] = layout
+        g_own = g[layout["source"]]
+        diag = g[layout["diagonal"]]
         if not (np.all(np.isfinite(g_own)) and np.all(diag > 0)):
             raise PCGCVAEError(f"{self.name}: the generated factor has non-finite values or a non-positive diagonal")
-        values = g_own * prob.dinv[own.indices]
-        columns = block.global_index[own.indices]
-        if prob.reordered:  # relabelled columns: sort every row again, in place (M = GᵀG is unchanged)
-            rows = sp.csr_matrix((values, columns, own.indptr), shape=(own.n, P.getSize()[1]))
+        g_own *= prob.dinv[layout["local_columns"]]
+        factor = CSR(layout["indptr"], layout["columns"], g_own)
+        stats = {"n": factor.n, "nnz_G": factor.nnz, "nnz_trilA": layout["nnz_trilA"],
+                 "sum_log_diag": float(np.sum(np.log(diag)))}
+        return factor, stats
+
+    def _factor_layout(self, prob: _LocalProblem) -> dict:
+        """Where the owned rows of G come from: per entry, in G's row order with global columns sorted in
+        every row, its position in the pattern's values (``source``) and its local column (for D^-1/2);
+        per row, the position of its diagonal; and nnz(tril A) of the owned rows.  Structure only."""
+        block, s = prob.block, prob.s
+        owned = np.asarray(block.owned, dtype=np.int64)
+        itype = s.indptr.dtype
+        lengths = np.diff(s.indptr)[owned]
+        indptr = np.zeros(len(owned) + 1, dtype=itype)
+        np.cumsum(lengths, out=indptr[1:])
+        source = np.repeat(s.indptr[owned].astype(itype) - indptr[:-1], lengths)
+        source += np.arange(len(source), dtype=itype)
+        columns = block.global_index[s.indices[source]].astype(itype)
+        if prob.reordered:  # relabelled columns: sort every row again (M = GᵀG is unchanged); scipy, in place
+            rows = sp.csr_matrix((source, columns, indptr), shape=(len(owned), int(columns.max(initial=0)) + 1))
             rows.has_sorted_indices = False
             rows.sort_indices()
-            columns, values = rows.indices, rows.data
-        factor = CSR(own.indptr, columns, values)
-        tril_a = block.csr.lower_count(block.owned)
-        stats = {"n": own.n, "nnz_G": own.nnz, "nnz_trilA": tril_a, "sum_log_diag": float(np.sum(np.log(diag)))}
-        return factor, stats
+            source, columns = rows.data, rows.indices
+        return {"indptr": indptr, "columns": columns, "source": source, "local_columns": s.indices[source],
+                "diagonal": s.indptr[owned + 1] - 1, "nnz_trilA": block.csr.lower_count(block.owned)}
 
     def _collective(self, comm: PETSc.Comm, work):  # noqa: ANN001, ANN202
         """Run ``work()`` on every rank; if it raised anywhere, raise on every rank an error that
@@ -538,10 +557,13 @@ class SPAIFactorPC:
         ia, ja, va = petsc_arrays(factor)
         family = matrix_family(P.getType())
         key = (P.getSizes(), family)
+        # the same pattern (reused: same Â structure, ordering and level-1 key) gives G the same structure;
+        # a recomputed pattern (level >= 2: it depends on the values) is compared by a digest
+        digest = None if "pattern" in self._reused else structure_digest(ia, ja)
         structure_changed = (
             self._structure is None
             or self._structure[0] != key
-            or self._structure[1] != structure_digest(ia, ja)
+            or (digest is not None and self._structure[1] != digest)
         )
         if comm.tompi4py().allreduce(structure_changed, op=MPI.LOR):
             self._destroy_factor()
@@ -551,7 +573,7 @@ class SPAIFactorPC:
             if self.GT.getType() != self.G.getType():
                 self.GT.convert(self.G.getType())
             self._work = self.G.createVecLeft()
-            self._structure = (key, structure_digest(ia, ja))
+            self._structure = (key, digest)
         else:
             self.G.setValuesCSR(ia, ja, va)  # same structure: overwrite the values (rows offset by rstart)
             self.G.assemble()

@@ -4,6 +4,7 @@
     mpiexec -n 2 python -m pcgcvae.pctargets --overlap-only --sizes 128
     python -m pcgcvae.pctargets --startup --repeats 7      # fresh processes: Python and C (ex2)
     python -m pcgcvae.pctargets --inference --sizes 316     # NumPy vs torch forward pass, one core
+    python -m pcgcvae.pctargets --table OUT.json ...        # the stage table (markdown) of earlier runs
 
 * apply cost: time of one PC apply / one MatMult with A (median of blocks of 50);
 * setup time per nonzero of A at each size (GCVAE and FSAI, pattern level 1; the second
@@ -247,6 +248,36 @@ def inference(size: int) -> list[dict]:
     return rows
 
 
+STAGE_COLUMNS = ("local block", "ordering", "scale", "symmetry check", "pattern", "graph", "inference", "selection",
+                 "guard", "fsai", "assembly")
+
+
+def profile_table(rows: list[dict]) -> str:
+    """A markdown table of :func:`measure`'s rows: each setup's stages, total and per nonzero, the re-setup
+    with new values (its ratio to the setup and its largest stages), the first setup's memory rise and the
+    CG iterations; then the GCVAE / FSAI setup ratio per size and level (no guard: ``gcvae-noguard``)."""
+    head = ["dofs", "pc", *STAGE_COLUMNS, "setup s", "µs/nnz", "re-setup s", "re-setup / setup",
+            "first-setup rise MB", "iterations"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        st = r.get("stages_s", {})
+        nan = float("nan")
+        cells = [str(r["dofs"]), r["pc"], *[f"{st[k]:.4f}" if k in st else "–" for k in STAGE_COLUMNS],
+                 f"{r['setup_s']:.4f}", f"{r['setup_us_per_nnz']:.3f}", f"{r.get('resetup_s', nan):.4f}",
+                 f"{r.get('resetup_over_setup', nan):.3f}", f"{r.get('first_setup_rise_mb', nan):.1f}",
+                 str(r["iterations"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    by = {(r["dofs"], r["pc"]): r for r in rows}
+    for dofs in sorted({r["dofs"] for r in rows}):
+        for fsai, gcvae in (("fsai", "gcvae-noguard"), ("fsai", "gcvae"), ("fsai2", "gcvae2")):
+            if (dofs, fsai) in by and (dofs, gcvae) in by:
+                f, g = by[dofs, fsai], by[dofs, gcvae]
+                lines.append(f"- {dofs} dofs: {gcvae} / {fsai} setup {g['setup_s'] / f['setup_s']:.2f}, re-setup "
+                             f"{g['resetup_s'] / f['resetup_s']:.2f}; iterations {g['iterations']} / {f['iterations']}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pcgcvae.pctargets", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 316])
@@ -256,8 +287,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--inference", action="store_true", help="the forward pass alone, NumPy and torch")
     ap.add_argument("--repeats", type=int, default=7, help="--startup: counted runs per command")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
+                    help="print the markdown stage table of these --out files (measures nothing)")
     args = ap.parse_args(argv)
     sys.argv[1:] = []
+    if args.table:
+        print(profile_table([r for path in args.table for r in json.loads(path.read_text())]), end="")
+        return
     if args.startup:
         rows = startup(args.repeats)
     elif args.inference:

@@ -96,3 +96,5 @@ def test_pctargets_measures_setup_resetup_and_memory(tmp_path) -> None:
         assert {"ordering", "pattern", "G's structure"} <= set(r["reused"]), r
         assert "inference" in r["stages_s"] or r["pc"] == "fsai", r
     assert "FSAI plan" in rows["fsai"]["reused"] and "fsai" in rows["fsai"]["resetup_stages_s"]
+    table = run([sys.executable, "-m", "pcgcvae.pctargets", "--table", str(out)], cwd=tmp_path)
+    assert table.count("\n| ") == len(rows) and " dofs: gcvae / fsai setup " in table, table
