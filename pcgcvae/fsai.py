@@ -116,11 +116,40 @@ def fsai_values(a: CSR, s: CSR, rows: np.ndarray | None = None,
     return g
 
 
+def normalised_on_plan(a: CSR, s: CSR, g: np.ndarray, plan: FSAIPlan) -> np.ndarray:
+    """``g`` (values on S) with each of the plan's rows scaled so that (G A Gᵀ)_ii = g_Jᵀ A[J, J] g_J = 1,
+    read through the plan's positions of A[J, J]'s lower entries (other rows unchanged).  Raises
+    :class:`OperatorError` when some (G A Gᵀ)_ii <= 0 (the operator is not SPD)."""
+    if plan.a_positions is None:
+        raise ValueError("normalised_on_plan needs an FSAIPlan that keeps A's positions")
+    out = np.array(g, dtype=np.float64)
+    diag = a.diagonal()
+    for b, (k, rows_k) in enumerate(plan.batches):
+        below, above = np.tril_indices(k, -1)
+        pos = _positions(s, rows_k, k)
+        gk = out[pos]
+        q = np.einsum("ij,ij,ij->i", gk, gk, diag[s.indices[pos]])
+        if len(below):
+            where = plan.a_positions[b]
+            lower = a.data.take(where, mode="clip")
+            if plan.missing[b]:
+                lower[where == a.nnz] = 0.0
+            q += 2.0 * np.einsum("ij,ij,ij->i", gk[:, below], gk[:, above], lower)
+        if not np.all(q > 0):
+            raise OperatorError("a factor row has (G Â Gᵀ)_ii <= 0; the operator is not SPD")
+        out[pos] = gk / np.sqrt(q)[:, None]
+    return out
+
+
 def kaporin_score(g: np.ndarray, s: CSR) -> float:
     """-(2/n) Σ log G_ii of a row-normalised factor (diag(G A Gᵀ) = 1).
 
     Equals (1/n) log K(G A Gᵀ) + (1/n) log det A: the Kaporin number up to a
     constant that does not depend on G.  Lower is better; FSAI is the minimum.
     """
-    diag = g[s.indptr[1:] - 1]
+    return kaporin_of_diagonal(g[s.indptr[1:] - 1])
+
+
+def kaporin_of_diagonal(diag: np.ndarray) -> float:
+    """:func:`kaporin_score` from the diagonal of a row-normalised factor: -(2/n) Σ log G_ii."""
     return float(-2.0 * np.mean(np.log(diag)))

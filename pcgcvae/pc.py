@@ -31,7 +31,7 @@ from petsc4py import PETSc
 from .csr import CSR, check_operator, normalise_rows, scale_symmetric, structure_digest
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import build_arrays
-from .fsai import FSAIPlan, fsai_values, kaporin_score
+from .fsai import FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
 from .guard import (
     DEFAULT_FRACTION,
     DEFAULT_PREDICTOR,
@@ -144,6 +144,7 @@ class SPAIFactorPC:
         self._overlap_cache: dict = {}
         self._ordering_cache: dict = {}
         self._reused: list[str] = []
+        self._setups = 0  # setups run by this PC (what the caches were built in)
         self._parallel = False
         self.stats: dict = {}
         self.times: dict[str, float] = {}
@@ -408,16 +409,30 @@ class SPAIFactorPC:
         cache.update(pattern_key=key, pattern=s)
         return s, a2
 
-    def _fsai(self, ahat: CSR, s: CSR, block: _LocalBlock) -> np.ndarray:
-        """FSAI's values on this setup's pattern (its owned rows); the structure's :class:`FSAIPlan` is
-        kept with the pattern, so a setup with new values on the same structure only gathers them."""
+    def _fsai_plan(self, ahat: CSR, s: CSR, block: _LocalBlock) -> FSAIPlan:
+        """The :class:`FSAIPlan` of this setup's pattern and owned rows, kept with the pattern (a setup with
+        new values on the same structure reuses it, and says so)."""
         cache = self._pattern_cache
         key = (len(block.owned), int(block.owned[0]) if len(block.owned) else -1)
-        if "fsai_plan" in cache and cache["fsai_plan_rows"] == key:
+        if "fsai_plan" not in cache or cache["fsai_plan_rows"] != key:
+            cache.update(fsai_plan=FSAIPlan(ahat, s, block.owned), fsai_plan_rows=key, fsai_plan_setup=self._setups)
+        elif cache["fsai_plan_setup"] != self._setups and "FSAI plan" not in self._reused:
             self._reused.append("FSAI plan")
-        else:
-            cache.update(fsai_plan=FSAIPlan(ahat, s, block.owned), fsai_plan_rows=key)
-        return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index, plan=cache["fsai_plan"])
+        return cache["fsai_plan"]
+
+    def _fsai(self, ahat: CSR, s: CSR, block: _LocalBlock) -> np.ndarray:
+        """FSAI's values on this setup's pattern (its owned rows), through the structure's plan."""
+        return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index,
+                           plan=self._fsai_plan(ahat, s, block))
+
+    def _normalised(self, ahat: CSR, s: CSR, block: _LocalBlock, g: np.ndarray) -> np.ndarray:
+        """Values ``g`` on S with every row scaled to (G Â Gᵀ)_ii = 1: through the FSAI plan's positions of
+        each row's Â[J, J] when the block has no halo rows and the plan keeps them, else by sparse products."""
+        if len(block.owned) == s.n:
+            plan = self._fsai_plan(ahat, s, block)
+            if plan.a_positions is not None:
+                return normalised_on_plan(ahat, s, g, plan)
+        return normalise_rows(s.with_data(g), ahat)
 
     def _factor_values(self, ahat: CSR, s: CSR, a2: np.ndarray | None,
                        block: _LocalBlock, block_size: int) -> np.ndarray:
@@ -502,6 +517,7 @@ class SPAIFactorPC:
         return result
 
     def _setup(self, pc: PETSc.PC) -> None:
+        self._setups += 1
         self.times = {}
         t0 = time.perf_counter()
         _, P = pc.getOperators()
@@ -761,13 +777,13 @@ class GCVAEPC(SPAIFactorPC):
         del data  # the graph's feature arrays (~0.5 GB at 10^6 dofs) are not needed by the selection
         best, best_score, scores = None, np.inf, []
         with self._timed("selection", "GCVAESelect"):
-            owned_s = s.take_rows(block.owned)
+            owned_diagonal = s.indptr[1:][block.owned] - 1  # where the owned rows' diagonals are (last in a row)
             for raw in raws:
                 g = raw.astype(np.float64)
                 if not np.all(np.isfinite(g)):
                     raise PCGCVAEError("GCVAE produced non-finite factor values")
-                g = normalise_rows(s.with_data(g), ahat)
-                score = kaporin_score(s.with_data(g).take_rows(block.owned).data, owned_s)
+                g = self._normalised(ahat, s, block, g)
+                score = kaporin_of_diagonal(g[owned_diagonal])
                 scores.append(score)
                 if score < best_score:
                     best, best_score = g, score

@@ -231,3 +231,27 @@ def test_csr_lookup_contains_and_graph_union_match_dense_references() -> None:
     want = sorted((i, j) for i, j in union if i != j)
     assert list(zip(edges[1].tolist(), edges[0].tolist())) == want
     np.testing.assert_array_equal(values, [dense_a[i, j] for i, j in want])
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_row_normalisation_through_the_fsai_plan_matches_sparse_products(level: int) -> None:
+    """normalised_on_plan (each row's A[J, J] read through the FSAIPlan's positions; some pairs of J are not
+    coupled in A) gives the values normalise_rows gives with scipy products, and re-running FSAI on a
+    plan gives FSAI again."""
+    from pcgcvae.csr import CSR, normalise_rows, scale_symmetric
+    from pcgcvae.fsai import FSAIPlan, fsai_values, normalised_on_plan
+    from pcgcvae.pattern import factor_pattern
+    from pcgcvae.petsc_csr import csr_to_mat
+
+    A = laplacian_2d(20, comm=PETSc.COMM_SELF, kappa_seed=4)
+    ahat, _ = scale_symmetric(mat_to_csr(A))
+    s, _ = factor_pattern(ahat, csr_to_mat(ahat), level, 0.0)
+    plan = FSAIPlan(ahat, s)
+    assert plan.a_positions is not None and any(plan.missing)  # the 5-point stencil leaves pairs of J uncoupled
+    g = np.random.default_rng(level).uniform(0.1, 1.0, s.nnz)
+    np.testing.assert_allclose(normalised_on_plan(ahat, s, g, plan), normalise_rows(s.with_data(g), ahat),
+                               rtol=1e-12)
+    f = fsai_values(ahat, s, plan=plan)
+    np.testing.assert_allclose(fsai_values(ahat, s), f, rtol=1e-12)
+    np.testing.assert_allclose(normalised_on_plan(ahat, s, f, plan), f, rtol=1e-10)
+    assert isinstance(s, CSR)
