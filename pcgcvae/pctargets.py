@@ -5,6 +5,7 @@
     python -m pcgcvae.pctargets --startup --repeats 7      # fresh processes: Python and C (ex2)
     python -m pcgcvae.pctargets --inference --sizes 316     # NumPy vs torch forward pass, one core
     python -m pcgcvae.pctargets --table OUT.json ...        # the stage table (markdown) of earlier runs
+    python -m pcgcvae.pctargets --widths --sizes 316        # smaller networks' forward pass vs FSAI's values
 
 * apply cost: time of one PC apply / one MatMult with A (median of blocks of 50);
 * setup time per nonzero of A at each size (GCVAE and FSAI, pattern level 1; the second
@@ -248,6 +249,53 @@ def inference(size: int) -> list[dict]:
     return rows
 
 
+WIDTHS = ((16, 3, 1), (16, 2, 1), (8, 3, 1), (8, 2, 1), (8, 2, 0))  # (hidden, decoder convs, prior convs)
+
+
+def inference_widths(size: int, reps: int = 5) -> list[dict]:
+    """What a smaller network would cost: the NumPy forward pass (prior mean, level 1) of the shipped Poisson
+    model's architecture at the widths and depths of :data:`WIDTHS`, with random weights (the cost does not
+    depend on the values), against FSAI's values on the same pattern (its plan included); medians of ``reps``."""
+    import firedrake as fd  # noqa: F401  (Firedrake's PETSc first)
+
+    from .csr import scale_symmetric
+    from .features import build_arrays
+    from .fsai import fsai_values
+    from .inference import NumpyGCVAE, inference_weight_shapes, load_inference_model
+    from .pattern import factor_pattern
+    from .petsc_csr import csr_to_mat, mat_to_csr
+    from .problems import ProblemSpec, build_problem
+
+    spec = ProblemSpec("poisson", size, degree=1, mesh="square", seed=5,
+                       params={"kappa": "lognormal", "sigma": 1.5, "corr": 0.1})
+    ahat, _ = scale_symmetric(mat_to_csr(build_problem(spec).assemble_matrix()))
+    s, a2 = factor_pattern(ahat, csr_to_mat(ahat), 1, 0.02)
+    data = build_arrays(ahat, s, a2_on_s=a2)
+
+    def median(fn) -> float:  # noqa: ANN001
+        walls = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            walls.append(time.perf_counter() - t0)
+        return round(float(np.median(walls)), 4)
+
+    fsai_s = median(lambda: fsai_values(ahat, s))
+    arch = {k: v for k, v in load_inference_model("poisson")[0].architecture.items() if k != "class"}
+    rng = np.random.default_rng(0)
+    rows = []
+    for hidden, decoder, prior in WIDTHS:
+        a = {**arch, "hidden": hidden, "decoder_layers": decoder, "prior_layers": prior}
+        shapes = inference_weight_shapes({"class": "GCVAE", **a})
+        net = NumpyGCVAE({k: (0.1 * rng.standard_normal(v)).astype(np.float32) for k, v in shapes.items()}, a)
+        row = {"dofs": ahat.n, "hidden": hidden, "decoder_layers": decoder, "prior_layers": prior,
+               "forward_s": median(lambda n=net: n.generate(data, use_mean=True)), "fsai_values_s": fsai_s}
+        row["forward_over_fsai"] = round(row["forward_s"] / fsai_s, 2)
+        print(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
 STAGE_COLUMNS = ("local block", "ordering", "scale", "symmetry check", "pattern", "graph", "inference", "selection",
                  "guard", "fsai", "assembly")
 
@@ -285,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overlap-only", action="store_true")
     ap.add_argument("--startup", action="store_true", help="fresh-process start-up of each PC (Python and C)")
     ap.add_argument("--inference", action="store_true", help="the forward pass alone, NumPy and torch")
+    ap.add_argument("--widths", action="store_true",
+                    help="the forward pass of smaller networks (random weights) against FSAI's values")
     ap.add_argument("--repeats", type=int, default=7, help="--startup: counted runs per command")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
@@ -298,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = startup(args.repeats)
     elif args.inference:
         rows = [r for s in args.sizes for r in inference(s)]
+    elif args.widths:
+        rows = [r for s in args.sizes for r in inference_widths(s)]
     else:
         rows = [r for s in args.sizes for r in measure(s, args.pcs, args.overlap_only)]
     if args.out is not None:

@@ -98,3 +98,16 @@ def test_pctargets_measures_setup_resetup_and_memory(tmp_path) -> None:
     assert "FSAI plan" in rows["fsai"]["reused"] and "fsai" in rows["fsai"]["resetup_stages_s"]
     table = run([sys.executable, "-m", "pcgcvae.pctargets", "--table", str(out)], cwd=tmp_path)
     assert table.count("\n| ") == len(rows) and " dofs: gcvae / fsai setup " in table, table
+
+
+def test_pctargets_widths_times_smaller_networks(tmp_path) -> None:
+    """`pctargets --widths`: one row per architecture of WIDTHS, each forward pass timed against FSAI's values."""
+    import json
+
+    from pcgcvae.pctargets import WIDTHS
+
+    out = tmp_path / "widths.json"
+    run([sys.executable, "-m", "pcgcvae.pctargets", "--widths", "--sizes", "16", "--out", str(out)], cwd=tmp_path)
+    rows = json.loads(out.read_text())
+    assert [(r["hidden"], r["decoder_layers"], r["prior_layers"]) for r in rows] == list(WIDTHS)
+    assert all(r["forward_s"] > 0 and r["fsai_values_s"] > 0 and r["forward_over_fsai"] > 0 for r in rows), rows
