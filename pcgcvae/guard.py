@@ -33,7 +33,7 @@ DEFAULT_PREDICTOR = "energy"  # pcgcvae.trial.PREDICTORS
 # damped-Jacobi sweeps on the short CG runs' random exact solution (pcgcvae.trial): from a rough x* the
 # 20 steps see the top of the spectrum, and the predicted ratio sat near 1.00-1.04 both on the 5-point
 # stencil (true 1.14) and on in-distribution wins (true 0.96-0.99); from a smoothed one (5, 20 or 50
-# sweeps) the wins predict 0.977-0.997 and the stencils 1.02-1.21 (DESIGN notes, guard section)
+# sweeps) the wins predict 0.977-0.997 and the stencils 1.02-1.21 (README, "The guard"; models/poisson.md)
 DEFAULT_SMOOTH = 20
 
 
