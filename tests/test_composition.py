@@ -217,3 +217,26 @@ def test_replaced_operator_inside_fieldsplit_rebuilds_only_what_changed(tiny_poi
     assert "ordering" in reused[1][0] and "G's structure" in reused[1][0]  # new values: the structure is kept
     assert reused[2][0] == set(), reused  # another structure: rebuilt from scratch
     assert "G's structure" in reused[2][1], reused  # the untouched block keeps its structure
+
+
+@pytest.mark.parametrize("pc_class", ["FSAIPC", "GCVAEPC"])
+def test_repeated_resetups_with_new_values_equal_fresh_factors(tiny_poisson, pc_class: str) -> None:
+    """Setups 2, 3 and 4 on the same structure with new values (the second keeps the reordered structure,
+    the factor's layout and FSAI's plan; the later ones only gather through them) give exactly the factor a
+    fresh preconditioner builds from the same values."""
+    A = laplacian_2d(14, comm=PETSc.COMM_SELF, kappa_seed=6)
+    opts = {"pc_gcvae_model": str(tiny_poisson), "pc_gcvae_guard_threshold": -1} if pc_class == "GCVAEPC" else {}
+    ksp = python_ksp(A, pc_class, **opts)
+    ksp.setUp()
+    for k in range(3):
+        A.scale(1.5)
+        A.shift(0.1 * (k + 1))
+        ksp.setOperators(A)
+        ksp.setUp()
+        fresh = python_ksp(A, pc_class, **opts)
+        fresh.setUp()
+        G, F = ksp.getPC().getPythonContext().G, fresh.getPC().getPythonContext().G
+        diff = G.copy()
+        diff.axpy(-1.0, F)
+        assert diff.norm() <= 1e-12 * F.norm(), (k, diff.norm())
+        assert {"ordering", "pattern", "G's structure"} <= set(ksp.getPC().getPythonContext().stats["reused"])
