@@ -53,7 +53,7 @@ def _median_time(fn, reps: int = 50, blocks: int = 5) -> float:  # noqa: ANN001
     return float(np.median(out))
 
 
-def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
+def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = None) -> list[dict]:
     import firedrake as fd
     from petsc4py import PETSc
 
@@ -70,6 +70,8 @@ def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
     rows = []
     for name in pcs:
         opts = parallel_options(name, comm.getSize())
+        if model and name.startswith("gcvae"):  # another model than the shipped default
+            opts = {**opts, "pc_gcvae_model": model}
         if overlap_only:
             stem = "pc_gcvae_" if name.startswith("gcvae") else "pc_fsai_"
             r = solve(P, {**opts, stem + "overlap": 1})
@@ -80,7 +82,7 @@ def measure(size: int, pcs: list[str], overlap_only: bool) -> list[dict]:
         for k, v in opts.items():
             PETSc.Options()[prefix + k] = v
         if name.startswith("gcvae"):  # the model's one-time load is not part of a setup's cost
-            load_inference_model(default_model_name(1, "krylov"))
+            load_inference_model(model or default_model_name(1, "krylov"))
         setups, rises = [], []
         rss0 = peak = peak_mb()
         for _ in range(2):  # the first setup of a process touches fresh memory
@@ -336,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--widths", action="store_true",
                     help="the forward pass of smaller networks (random weights) against FSAI's values")
     ap.add_argument("--repeats", type=int, default=7, help="--startup: counted runs per command")
+    ap.add_argument("--model", default=None, help="the GCVAE PCs' model (-pc_gcvae_model; default: the shipped one)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
                     help="print the markdown stage table of these --out files (measures nothing)")
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.widths:
         rows = [r for s in args.sizes for r in inference_widths(s)]
     else:
-        rows = [r for s in args.sizes for r in measure(s, args.pcs, args.overlap_only)]
+        rows = [r for s in args.sizes for r in measure(s, args.pcs, args.overlap_only, args.model)]
     if args.out is not None:
         from mpi4py import MPI
 
