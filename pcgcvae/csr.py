@@ -112,6 +112,17 @@ class CSR:
         """Same structure (shared index arrays), new values."""
         return CSR(self.indptr, self.indices, data)
 
+    def row_positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the given rows, in that order: the indptr of their concatenation and each of its entries'
+        position in ``indices``/``data`` (both in the index type)."""
+        itype = self.indptr.dtype
+        lengths = np.diff(self.indptr)[rows]
+        indptr = np.zeros(len(lengths) + 1, dtype=itype)
+        np.cumsum(lengths, out=indptr[1:])
+        positions = np.repeat(self.indptr[rows] - indptr[:-1], lengths)
+        positions += np.arange(len(positions), dtype=itype)
+        return indptr, positions
+
     def take_rows(self, rows: np.ndarray) -> CSR:
         """The given rows (in that order), columns unchanged; a run of consecutive rows is a slice
         (all rows: this matrix itself)."""
@@ -122,9 +133,7 @@ class CSR:
                 return self
             e0, e1 = int(self.indptr[r0]), int(self.indptr[r1])
             return CSR(self.indptr[r0:r1 + 1] - e0, self.indices[e0:e1], self.data[e0:e1])
-        lengths = np.diff(self.indptr)[rows]
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        pos = np.repeat(self.indptr[rows] - indptr[:-1], lengths) + np.arange(indptr[-1])
+        indptr, pos = self.row_positions(rows)
         return CSR(indptr, self.indices[pos], self.data[pos])
 
     def lower_count(self, rows: np.ndarray, chunk: int = 1 << 15) -> int:

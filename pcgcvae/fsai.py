@@ -54,6 +54,15 @@ class FSAIPlan:
                 self.missing.append(bool(np.any(found == a.nnz)))
 
 
+    def lower_values(self, a: CSR, batch: int) -> np.ndarray:
+        """A's values on batch ``batch``'s pairs below the diagonal of every A[J, J] (0 where not stored)."""
+        where = self.a_positions[batch]
+        lower = a.data.take(where, mode="clip")
+        if self.missing[batch]:
+            lower[where == a.nnz] = 0.0
+        return lower
+
+
 def _positions(s: CSR, rows: np.ndarray, k: int) -> np.ndarray:
     """(m, k) positions in ``s`` of the pattern of ``rows`` (each of length k)."""
     return s.indptr[rows].astype(np.int64)[:, None] + np.arange(k)[None, :]
@@ -83,13 +92,7 @@ def fsai_values(a: CSR, s: CSR, rows: np.ndarray | None = None,
         below, above = np.tril_indices(k, -1)
         pos = _positions(s, rows_k, k)
         cols = s.indices[pos]  # increasing along each row: the pairs below the diagonal are A's lower entries
-        if sp_a is None:
-            where = plan.a_positions[b]
-            lower = a.data.take(where, mode="clip")
-            if plan.missing[b]:
-                lower[where == a.nnz] = 0.0  # not stored in A
-        else:
-            lower = _sample(sp_a, cols[:, below], cols[:, above])
+        lower = plan.lower_values(a, b) if sp_a is None else _sample(sp_a, cols[:, below], cols[:, above])
         sub = np.empty((len(rows_k), k, k))
         flat = sub.reshape(len(rows_k), k * k)  # (a view)
         flat[:, below * k + above] = lower
@@ -130,11 +133,7 @@ def normalised_on_plan(a: CSR, s: CSR, g: np.ndarray, plan: FSAIPlan) -> np.ndar
         gk = out[pos]
         q = np.einsum("ij,ij,ij->i", gk, gk, diag[s.indices[pos]])
         if len(below):
-            where = plan.a_positions[b]
-            lower = a.data.take(where, mode="clip")
-            if plan.missing[b]:
-                lower[where == a.nnz] = 0.0
-            q += 2.0 * np.einsum("ij,ij,ij->i", gk[:, below], gk[:, above], lower)
+            q += 2.0 * np.einsum("ij,ij,ij->i", gk[:, below], gk[:, above], plan.lower_values(a, b))
         if not np.all(q > 0):
             raise OperatorError("a factor row has (G Â Gᵀ)_ii <= 0; the operator is not SPD")
         out[pos] = gk / np.sqrt(q)[:, None]

@@ -86,13 +86,8 @@ def permuted_structure(a: CSR, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """The structure of ``a[perm][:, perm]`` -- indptr and column indices, relabelled and sorted in
     every row by scipy.sparse -- and, for each of its entries, the entry's position in ``a`` (so a
     matrix of a's structure with other values is permuted by one gather)."""
-    n, nnz = a.n, a.nnz
-    itype = np.int32 if nnz < 2**31 - 1 else np.int64
-    lengths = np.diff(a.indptr)[perm]
-    indptr = np.zeros(n + 1, dtype=itype)
-    np.cumsum(lengths, out=indptr[1:])
-    source = np.repeat(a.indptr[perm].astype(itype) - indptr[:-1], lengths)
-    source += np.arange(nnz, dtype=itype)
+    n = a.n
+    indptr, source = a.row_positions(perm)
     relabel = inverse(perm).astype(a.indices.dtype, copy=False)  # the index type throughout: no int64 copies
     rows = sp.csr_matrix((source, relabel[a.indices[source]], indptr), shape=(n, n))
     rows.has_sorted_indices = False

@@ -485,13 +485,8 @@ class SPAIFactorPC:
         per row, the position of its diagonal; and nnz(tril A) of the owned rows.  Structure only."""
         block, s = prob.block, prob.s
         owned = np.asarray(block.owned, dtype=np.int64)
-        itype = s.indptr.dtype
-        lengths = np.diff(s.indptr)[owned]
-        indptr = np.zeros(len(owned) + 1, dtype=itype)
-        np.cumsum(lengths, out=indptr[1:])
-        source = np.repeat(s.indptr[owned].astype(itype) - indptr[:-1], lengths)
-        source += np.arange(len(source), dtype=itype)
-        columns = block.global_index[s.indices[source]].astype(itype)
+        indptr, source = s.row_positions(owned)
+        columns = block.global_index[s.indices[source]].astype(indptr.dtype)
         if prob.reordered:  # relabelled columns: sort every row again (M = GᵀG is unchanged); scipy, in place
             rows = sp.csr_matrix((source, columns, indptr), shape=(len(owned), int(columns.max(initial=0)) + 1))
             rows.has_sorted_indices = False
