@@ -8,8 +8,8 @@
     python -m pcgcvae.pctargets --widths --sizes 316        # smaller networks' forward pass vs FSAI's values
 
 * apply cost: time of one PC apply / one MatMult with A (median of blocks of 50);
-* setup time per nonzero of A at each size (GCVAE and FSAI, pattern level 1; the second
-  setup of the process, the first also imports torch and loads the model);
+* setup time per nonzero of A at each size (GCVAE and FSAI, pattern level 1; the median of the
+  second to fourth setups of the process, each on a fresh KSP; the first also touches fresh memory);
 * the setup's stages (ordering, scaling, pattern, graph, inference, ...; seconds, max over ranks);
 * re-setup: the same KSP set up again after A's values change (scaled by 1.1, then back; the
   structure is the same, as in a Newton or time step): median of 4, its stages and what it reused;
@@ -85,7 +85,10 @@ def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = N
             load_inference_model(model or default_model_name(1, "krylov"))
         setups, rises = [], []
         rss0 = peak = peak_mb()
-        for _ in range(2):  # the first setup of a process touches fresh memory
+        ksp = None
+        for _ in range(4):  # the first setup of a process touches fresh memory; the others: a median
+            if ksp is not None:
+                ksp.destroy()
             ksp = PETSc.KSP().create(comm=comm)
             ksp.setOptionsPrefix(prefix)
             ksp.setOperators(P)
@@ -98,7 +101,7 @@ def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = N
             ksp.setUp()
             setups.append(time.perf_counter() - t0)
             rises.append(peak_mb() - before if reset else float("nan"))
-        setup = setups[1]
+        setup = float(np.median(setups[1:]))  # fresh KSPs: nothing reused from the setups before
         peak = max(peak, peak_mb())
         pc = ksp.getPC()
         stages = pc.getPythonContext().stats.get("times", {}) if pc.getType() == "python" else {}

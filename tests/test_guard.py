@@ -162,13 +162,14 @@ def test_short_cg_prediction_orders_factors_by_their_iterations() -> None:
 
 
 def test_short_cg_catches_what_the_kaporin_gap_misses() -> None:
-    """A 27-point 3D stencil (the foreign suite's, which no model trains on): the shipped Poisson model's
-    Kaporin gap is that of in-distribution wins, so the gap alone keeps the model's factor, which needs
-    far more CG iterations than FSAI; the short-CG check predicts the loss and builds FSAI (the same
-    iterations as FSAIPC), and -ksp_view gives the signals, the thresholds and the decision."""
-    from pcgcvae.foreign import fd27_3d
+    """Q2 elements with coefficient jumps of 1e6 (the foreign suite's, which no model trains on): the shipped
+    Poisson model's Kaporin gap is that of in-distribution wins, so the gap alone keeps the model's factor,
+    which needs far more CG iterations than FSAI; the short-CG check predicts the loss and builds FSAI (the
+    same iterations as FSAIPC), and -ksp_view gives the signals, the thresholds and the decision.  On the
+    27-point 3D stencil the gap alone already fires (the model's factor is far from FSAI's there)."""
+    from pcgcvae.foreign import fd27_3d, q2_jumps
 
-    A = fd27_3d(quick=True).op
+    A = q2_jumps(quick=True).op
     fsai = solve(A, parallel_options("fsai", 1))
     gap_only = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_steps": 0})
     guarded = solve(A, parallel_options("gcvae", 1))
@@ -179,6 +180,10 @@ def test_short_cg_catches_what_the_kaporin_gap_misses() -> None:
     assert guard["trials"][1.0]["ratio"] > 1.2, guard
     assert guarded.iterations == fsai.iterations
     assert guard["cost"] > 0
+    A = fd27_3d(quick=True).op
+    gap_only = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_steps": 0})
+    assert gap_only.pc_stats["guard"]["fired"] and gap_only.pc_stats["guard"]["signal"] == "Kaporin gap"
+    assert gap_only.iterations == solve(A, parallel_options("fsai", 1)).iterations
 
 
 def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None:
@@ -309,9 +314,10 @@ def test_calibrated_ratio_comes_from_the_model(tiny_poisson, tmp_path) -> None:
 
 def test_smoothed_start_catches_the_five_point_stencil() -> None:
     """The constant-coefficient 5-point stencil (no model trains on it): the shipped Poisson model needs
-    > 1.05x FSAI's CG iterations. From a rough random x* the 20 short CG steps see the top of the spectrum
-    and predict a win, so the guard kept the model; from x* smoothed by the default 20 damped-Jacobi sweeps
-    they predict the loss, the guard builds FSAI and the solve needs FSAI's iterations."""
+    > 1.05x FSAI's CG iterations.  From x* smoothed by the default 20 damped-Jacobi sweeps the short CG runs
+    predict the loss, the guard builds FSAI and the solve needs FSAI's iterations.  (From a rough random x*
+    they saw the top of the spectrum and predicted a win for the previous shipped model, hidden 16, which
+    the guard then kept; the smoothing was added for it.)"""
     from pcgcvae.scaling import stencil_matrix
     from pcgcvae.trial import exact_solution
 
@@ -320,7 +326,7 @@ def test_smoothed_start_catches_the_five_point_stencil() -> None:
     bare = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_threshold": -1})
     assert bare.iterations > 1.05 * fsai.iterations, (bare.iterations, fsai.iterations)
     rough = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_smooth": 0})
-    assert rough.pc_stats["guard"]["trials"][1.0]["ratio"] < 1.0 and not rough.pc_stats["guard"]["fired"]
+    assert rough.pc_stats["guard"]["smooth"] == 0 and rough.pc_stats["guard"]["trials"][1.0]["steps"] > 0
     guarded = solve(A, parallel_options("gcvae", 1))
     guard = guarded.pc_stats["guard"]
     assert guard["smooth"] == 20 and guard["fired"] and guard["signal"] == "short CG", guard
