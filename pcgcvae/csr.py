@@ -195,7 +195,7 @@ def scale_symmetric(a: CSR) -> tuple[CSR, np.ndarray]:
     return a.with_data(data), dinv
 
 
-ROW_CHUNK = 1 << 15  # rows per block in normalise_rows: bounds the temporary G Â block
+ROW_CHUNK = 1 << 16  # rows per block in normalise_rows: bounds the temporary G Â block (~20 MB at level 1)
 
 
 def normalise_rows(g: CSR, ahat: CSR, chunk: int = ROW_CHUNK) -> np.ndarray:

@@ -409,12 +409,14 @@ class SPAIFactorPC:
         cache.update(pattern_key=key, pattern=s)
         return s, a2
 
-    def _fsai_plan(self, ahat: CSR, s: CSR, block: _LocalBlock) -> FSAIPlan:
+    def _fsai_plan(self, ahat: CSR, s: CSR, block: _LocalBlock, build: bool = True) -> FSAIPlan | None:
         """The :class:`FSAIPlan` of this setup's pattern and owned rows, kept with the pattern (a setup with
-        new values on the same structure reuses it, and says so)."""
+        new values on the same structure reuses it, and says so); ``build=False``: only a kept one (or None)."""
         cache = self._pattern_cache
         key = (len(block.owned), int(block.owned[0]) if len(block.owned) else -1)
         if "fsai_plan" not in cache or cache["fsai_plan_rows"] != key:
+            if not build:
+                return None
             cache.update(fsai_plan=FSAIPlan(ahat, s, block.owned), fsai_plan_rows=key, fsai_plan_setup=self._setups)
         elif cache["fsai_plan_setup"] != self._setups and "FSAI plan" not in self._reused:
             self._reused.append("FSAI plan")
@@ -426,11 +428,13 @@ class SPAIFactorPC:
                            plan=self._fsai_plan(ahat, s, block))
 
     def _normalised(self, ahat: CSR, s: CSR, block: _LocalBlock, g: np.ndarray) -> np.ndarray:
-        """Values ``g`` on S with every row scaled to (G Â Gᵀ)_ii = 1: through the FSAI plan's positions of
-        each row's Â[J, J] when the block has no halo rows and the plan keeps them, else by sparse products."""
+        """Values ``g`` on S with every row scaled to (G Â Gᵀ)_ii = 1: through the positions of each row's
+        Â[J, J] in the structure's FSAI plan when one is kept (the guard or an FSAI fallback built it) and the
+        block has no halo rows, else by scipy's sparse products, which cost less than building a plan
+        (0.41 against 0.70 s at 10^6 dofs, P1)."""
         if len(block.owned) == s.n:
-            plan = self._fsai_plan(ahat, s, block)
-            if plan.a_positions is not None:
+            plan = self._fsai_plan(ahat, s, block, build=False)
+            if plan is not None and plan.a_positions is not None:
                 return normalised_on_plan(ahat, s, g, plan)
         return normalise_rows(s.with_data(g), ahat)
 
