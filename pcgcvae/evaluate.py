@@ -23,6 +23,8 @@ PRECONDITIONERS: dict[str, dict[str, object]] = {
     "gcvae2": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_pattern_level": 2},
     # the model's factor as generated: the guard off (a threshold < 0)
     "gcvae-noguard": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_guard_threshold": -1},
+    "gcvae2-noguard": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_pattern_level": 2,
+                       "pc_gcvae_guard_threshold": -1},
     # K = 4 samples, the best Kaporin number wins (mean latent first)
     "gcvae-k4": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_samples": 4,
                  "pc_gcvae_latent": "mean"},
