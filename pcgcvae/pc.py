@@ -118,6 +118,17 @@ def factor_matrix(P: PETSc.Mat, factor: CSR) -> PETSc.Mat:
     return G
 
 
+def factor_pair(P: PETSc.Mat, factor: CSR) -> tuple[PETSc.Mat, PETSc.Mat]:
+    """G (:func:`factor_matrix`) and its explicit transpose Gᵀ in the same matrix type (collective):
+    the apply M x = Gᵀ (G x) then runs two forward products."""
+    G = factor_matrix(P, factor)
+    GT = PETSc.Mat()  # an empty handle: MAT_INITIAL_MATRIX (no argument = in place)
+    G.transpose(GT)
+    if GT.getType() != G.getType():
+        GT.convert(G.getType())
+    return G, GT
+
+
 class SPAIFactorPC:
     """Shared machinery of the factored SPAI preconditioners (M = Gᵀ G).
 
@@ -137,6 +148,8 @@ class SPAIFactorPC:
         self.symmetry_tol = 1e-8
         self.G: PETSc.Mat | None = None
         self.GT: PETSc.Mat | None = None
+        self._trial: dict | None = None  # set by _revise: values, factor, stats, G, Gᵀ it assembled for them
+        self._setup_layout: dict | None = None  # this setup's factor layout (see _local_factor)
         self._work: PETSc.Vec | None = None
         self._structure: tuple[tuple, tuple] | None = None  # (sizes and type, digest of G's structure)
         self._pattern_cache: dict = {}  # Â's structure (digest), the pattern, Â's PETSc Mat at level >= 2
@@ -192,6 +205,16 @@ class SPAIFactorPC:
         except Exception:
             self._destroy_factor()
             raise
+        finally:
+            self._drop_trial()
+
+    def _drop_trial(self) -> None:
+        """Free what one setup kept for itself: the guard's unused trial factor and the factor layout."""
+        self._setup_layout = None
+        if self._trial is not None:
+            for mat in (self._trial["G"], self._trial["GT"]):
+                mat.destroy()
+            self._trial = None
 
     def reset(self, pc: PETSc.PC) -> None:
         self._destroy_factor()
@@ -468,11 +491,13 @@ class SPAIFactorPC:
         """Owned rows of G = Ĝ D^-1/2 with global column indices, plus stats.  Where the values go is
         :meth:`_factor_layout` (kept from a structure's second setup on); here only values are moved."""
         cache = self._pattern_cache
-        layout = cache.get("layout") if "pattern" in self._reused else None
+        layout = cache.get("layout") if "pattern" in self._reused else self._setup_layout
         if layout is None:
             layout = self._factor_layout(prob)
             if "pattern" in self._reused:  # a structure seen again: keep where the values go
                 cache["layout"] = layout
+            else:  # for this setup's other factors only (the guard's trials): not kept past it
+                self._setup_layout = layout
         g_own = g[layout["source"]]
         diag = g[layout["diagonal"]]
         if not (np.all(np.isfinite(g_own)) and np.all(diag > 0)):
@@ -541,9 +566,14 @@ class SPAIFactorPC:
         g = self._collective(comm, lambda: self._factor_values(prob.ahat, prob.s, prob.a2, prob.block,
                                                                P.getBlockSize()))
         g = self._revise(P, prob, g)
-        factor, stats = self._collective(comm, lambda: self._local_factor(P, prob, g))
+        trial, self._trial = self._trial, None  # the guard's assembled trial of exactly these values, if any
+        if trial is not None:
+            factor, stats, prebuilt = trial["factor"], trial["stats"], (trial["G"], trial["GT"])
+        else:
+            factor, stats = self._collective(comm, lambda: self._local_factor(P, prob, g))
+            prebuilt = None
         with self._timed("assembly", self.name + "Assembly"):
-            self._assemble(P, factor)
+            self._assemble(P, factor, prebuilt)
         local = np.array([stats["n"], stats["nnz_G"], stats["nnz_trilA"], stats["sum_log_diag"]], dtype=np.float64)
         totals = np.empty_like(local)
         mpicomm.Allreduce(local, totals, op=MPI.SUM)
@@ -567,7 +597,10 @@ class SPAIFactorPC:
             G_type=self.G.getType(),
         )
 
-    def _assemble(self, P: PETSc.Mat, factor: CSR) -> None:
+    def _assemble(self, P: PETSc.Mat, factor: CSR,
+                  prebuilt: tuple[PETSc.Mat, PETSc.Mat] | None = None) -> None:
+        """Install G and Gᵀ for ``factor``: new matrices (or ``prebuilt``, (G, Gᵀ) already assembled
+        from the same values) when the structure changed, else new values in the existing ones."""
         comm = P.getComm()
         ia, ja, va = petsc_arrays(factor)
         family = matrix_family(P.getType())
@@ -582,14 +615,16 @@ class SPAIFactorPC:
         )
         if comm.tompi4py().allreduce(structure_changed, op=MPI.LOR):
             self._destroy_factor()
-            self.G = factor_matrix(P, factor)
-            self.GT = PETSc.Mat()  # an empty handle: MAT_INITIAL_MATRIX (no argument = in place)
-            self.G.transpose(self.GT)
-            if self.GT.getType() != self.G.getType():
-                self.GT.convert(self.G.getType())
+            if prebuilt is not None:  # the guard's trial already assembled these values (same on every rank)
+                self.G, self.GT = prebuilt
+            else:
+                self.G, self.GT = factor_pair(P, factor)
             self._work = self.G.createVecLeft()
             self._structure = (key, digest)
         else:
+            if prebuilt is not None:
+                for mat in prebuilt:
+                    mat.destroy()
             self.G.setValuesCSR(ia, ja, va)  # same structure: overwrite the values (rows offset by rstart)
             self.G.assemble()
             self.G.transpose(self.GT)
@@ -839,6 +874,8 @@ class GCVAEPC(SPAIFactorPC):
             self._guard_cache = {"key": self._guard_key(P, threshold), "stats": guard}
         self.stats["guard"] = guard
         alpha = guard["alpha"]
+        if self._trial is not None:  # the kept candidate's values, already assembled by its trial
+            return self._trial["values"]
         if alpha == 1.0 or (alpha == 0.0 and self._cached_guard is not None):
             return g
         if fsai is None:
@@ -917,21 +954,23 @@ class GCVAEPC(SPAIFactorPC):
         fsai = self._fsai_everywhere(comm, prob)
         with self._timed("guard", "GCVAEGuard"):
             xstar = exact_solution(P, self.seed, self.guard_smooth)
-            trials = {}
+            trials, built = {}, {}
             try:
                 for alpha in [0.0] + [a for a in self.guard_alphas if a != 0.0]:
                     values = fsai if alpha == 0.0 else g if alpha == 1.0 else self._blend(comm, prob, g, fsai, alpha)
-                    factor, _ = self._collective(comm, lambda v=values: self._local_factor(P, prob, v))
-                    G = factor_matrix(P, factor)
-                    try:
-                        trials[alpha] = short_cg(P, G, xstar, self.guard_steps)
-                    finally:
-                        G.destroy()
+                    factor, stats = self._collective(comm, lambda v=values: self._local_factor(P, prob, v))
+                    G, GT = factor_pair(P, factor)
+                    built[alpha] = {"values": values, "factor": factor, "stats": stats, "G": G, "GT": GT}
+                    trials[alpha] = short_cg(P, G, xstar, self.guard_steps, GT=GT)
+                ratios = {a: predicted_ratio(t, trials[0.0], self.guard_predictor) for a, t in trials.items()}
+                best = min(ratios, key=lambda a: (ratios[a], a))
+                alpha = best if best != 0.0 and ratios[best] <= ratio else 0.0
+                self._trial = built.pop(alpha)  # installed as the preconditioner's G and Gᵀ (no second assembly)
             finally:
                 xstar.destroy()
-        ratios = {a: predicted_ratio(t, trials[0.0], self.guard_predictor) for a, t in trials.items()}
-        best = min(ratios, key=lambda a: (ratios[a], a))
-        alpha = best if best != 0.0 and ratios[best] <= ratio else 0.0
+                for b in built.values():
+                    b["G"].destroy()
+                    b["GT"].destroy()
         guard.update(alpha=alpha, fired=alpha != 1.0, signal="short CG",
                      trials={a: {"ratio": ratios[a], "energy_ratio": energy_ratio(t, trials[0.0]),
                                  "condition_ratio": condition_ratio(t, trials[0.0]), "reduction": t.reduction,

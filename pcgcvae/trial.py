@@ -50,15 +50,19 @@ class TrialResult:
 
 
 class _FactorApply:
-    """PETSc Python PC context applying M = Gᵀ G with one work vector."""
+    """PETSc Python PC context applying M = Gᵀ G with one work vector (Gᵀ explicit when given)."""
 
-    def __init__(self, G: PETSc.Mat) -> None:
+    def __init__(self, G: PETSc.Mat, GT: PETSc.Mat | None = None) -> None:
         self.G = G
+        self.GT = GT
         self.work = G.createVecLeft()
 
     def apply(self, pc: PETSc.PC, x: PETSc.Vec, y: PETSc.Vec) -> None:
         self.G.mult(x, self.work)
-        self.G.multTranspose(self.work, y)
+        if self.GT is not None:
+            self.GT.mult(self.work, y)
+        else:
+            self.G.multTranspose(self.work, y)
 
     def destroy(self, pc: PETSc.PC | None = None) -> None:
         """Free the work vector (PETSc calls it when the PC is destroyed; safe to call twice)."""
@@ -90,13 +94,15 @@ def exact_solution(P: PETSc.Mat, seed: int, sweeps: int = 0) -> PETSc.Vec:
     return x
 
 
-def short_cg(P: PETSc.Mat, G: PETSc.Mat, xstar: PETSc.Vec, steps: int) -> TrialResult:
-    """``steps`` CG iterations on ``P x = P xstar`` from ``x0 = 0`` preconditioned by Gᵀ G."""
+def short_cg(P: PETSc.Mat, G: PETSc.Mat, xstar: PETSc.Vec, steps: int,
+             GT: PETSc.Mat | None = None) -> TrialResult:
+    """``steps`` CG iterations on ``P x = P xstar`` from ``x0 = 0`` preconditioned by Gᵀ G
+    (``GT``: Gᵀ assembled, else G's transpose product)."""
     comm = P.getComm()
     b = P.createVecLeft()
     P.mult(xstar, b)
     x = P.createVecRight()
-    ctx = _FactorApply(G)
+    ctx = _FactorApply(G, GT)
     ksp = PETSc.KSP().create(comm=comm)
     try:
         ksp.setOptionsPrefix("pcgcvae_guard_trial_")  # no options are read: setFromOptions is not called

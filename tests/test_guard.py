@@ -344,3 +344,46 @@ def test_smoothed_start_catches_the_five_point_stencil() -> None:
     assert rayleigh(x20) < 0.2 * rayleigh(x0)
     with pytest.raises(PETSc.Error):
         solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_smooth": -1})
+
+
+def _same_matrix(X: PETSc.Mat, Y: PETSc.Mat) -> bool:
+    diff = X.copy()
+    diff.axpy(-1.0, Y)
+    return diff.norm() <= 1e-12 * Y.norm()
+
+
+def test_the_kept_trial_is_the_installed_factor() -> None:
+    """The spectral check assembles each candidate's G and Gᵀ; the kept one is installed as is (no
+    second assembly): its G is the unguarded model's when the model is kept (the shipped model on
+    a problem of its training family), FSAIPC's when FSAI is, the blend's when a blend is, and Gᵀ is
+    its transpose.  A re-setup on the same structure (decision cached) and one that measures again
+    (-pc_gcvae_guard_recheck) give the same matrices."""
+    A = _firedrake_poisson(48, 1, seed=424242)
+    common = {"pc_gcvae_guard_threshold": 1e9, "pc_gcvae_guard_steps": 8}
+    kept = [_setup(A, pc_gcvae_guard_threshold=-1), _setup(A, "FSAIPC", pc_fsai_ordering="nd"),
+            _setup(A, **common, pc_gcvae_guard_ratio=1e9), _setup(A, **common, pc_gcvae_guard_ratio=1e-9),
+            _setup(A, **common, pc_gcvae_guard_ratio=1e9, pc_gcvae_guard_alphas="0.5")]  # the KSPs stay alive
+    model, fsai, keep, never, half = (ctx for _, ctx in kept)
+    assert keep.stats["guard"]["alpha"] == 1.0 and never.stats["guard"]["alpha"] == 0.0
+    assert _same_matrix(keep.G, model.G) and _same_matrix(never.G, fsai.G)
+    assert half.stats["guard"]["alpha"] == 0.5, half.stats["guard"]  # half way to a winning model wins too
+    assert not _same_matrix(half.G, model.G) and not _same_matrix(half.G, fsai.G)
+    for ctx in (keep, never, half):
+        assert _same_matrix(ctx.GT, ctx.G.transpose())
+    ksp, ctx = _setup(A.copy(), **common, pc_gcvae_guard_ratio=1e9)
+    P = ksp.getOperators()[0]
+    P.scale(2.0)
+    P.scale(0.5)  # "new" values (exactly the same): the decision is reused, the values overwritten in place
+    ksp.setUp()
+    assert ctx.stats["guard"]["reused"] and _same_matrix(ctx.G, model.G)
+    opts, name = PETSc.Options(), ksp.getOptionsPrefix() + "pc_gcvae_guard_recheck"
+    opts[name] = True
+    try:
+        ksp.getPC().setFromOptions()
+        P.scale(2.0)
+        P.scale(0.5)
+        ksp.setUp()
+    finally:
+        opts.delValue(name)
+    assert not ctx.stats["guard"]["reused"] and ctx.stats["guard"]["alpha"] == 1.0
+    assert _same_matrix(ctx.G, model.G) and _same_matrix(ctx.GT, model.GT)
