@@ -64,6 +64,8 @@ from typing import Any
 
 import numpy as np
 
+from .stencils import coupled_entries, harmonic
+
 PCS = ["jacobi", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-noguard", "gcvae2-noguard", "gamg"]
 _FSAI = {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC"}
 _GCVAE = {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC"}
@@ -431,40 +433,6 @@ def _dmda_matrix(shape: tuple[int, ...], rows: np.ndarray, cols: np.ndarray, val
     return A, da
 
 
-def _harmonic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return 2.0 / (1.0 / a + 1.0 / b)
-
-
-def _fd_coupled(shape: tuple[int, ...], weights: list[tuple[tuple[int, ...], np.ndarray]]):  # noqa: ANN202
-    """COO entries of Σ_edges w (u_i - u_j)² on a grid of interior unknowns (Dirichlet values eliminated
-    on both sides: a coupling to a boundary point only adds w to the diagonal).  ``weights``: for
-    each stencil offset (one of each ± pair), w on the grid points where the edge starts (any size
-    broadcasting to ``shape``)."""
-    idx = np.arange(int(np.prod(shape))).reshape(shape[::-1]).transpose()  # x fastest (DMDA natural order)
-    rows, cols, vals = [], [], []
-    diag = np.zeros(shape)
-    for off, w in weights:
-        w = np.broadcast_to(w, shape)
-        src = tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip(off, shape))
-        dst = tuple(slice(max(0, o), s - max(0, -o)) for o, s in zip(off, shape))
-        ws = w[src]
-        rows += [idx[src].ravel(), idx[dst].ravel()]
-        cols += [idx[dst].ravel(), idx[src].ravel()]
-        vals += [-ws.ravel(), -ws.ravel()]
-        diag += w  # every point pays for its edge in +off ...
-        back = np.zeros(shape)
-        back[dst] = ws  # ... and in -off (edge from the other side; outside the grid: the boundary)
-        outside = np.ones(shape, dtype=bool)
-        outside[dst] = False
-        back[outside] = w[outside]
-        diag += back
-    n = idx.size
-    rows.append(np.arange(n))
-    cols.append(np.arange(n))
-    vals.append(diag.transpose().ravel())
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-
-
 def fd5_jumps(quick: bool) -> Built:
     """5-point stencil, Dirichlet, cell coefficients κ ∈ {1, 1e6} in random 10 x 10 blocks (harmonic
     means at the faces): jumps of 1e6."""
@@ -472,9 +440,9 @@ def fd5_jumps(quick: bool) -> Built:
     rng = np.random.default_rng(41)
     blocks = np.where(rng.random((m // 10 + 1, m // 10 + 1)) < 0.35, 1e6, 1.0)
     kap = np.kron(blocks, np.ones((10, 10)))[: m + 1, : m + 1]
-    wx = _harmonic(kap[:-1, :-1], kap[1:, :-1])  # point (i, j) to (i+1, j)
-    wy = _harmonic(kap[:-1, :-1], kap[:-1, 1:])
-    rows, cols, vals = _fd_coupled((m, m), [((1, 0), wx), ((0, 1), wy)])
+    wx = harmonic(kap[:-1, :-1], kap[1:, :-1])  # point (i, j) to (i+1, j)
+    wy = harmonic(kap[:-1, :-1], kap[:-1, 1:])
+    rows, cols, vals = coupled_entries((m, m), [((1, 0), wx), ((0, 1), wy)])
     A, _ = _dmda_matrix((m, m), rows, cols, vals)
     return Built(op=A)
 
@@ -490,9 +458,9 @@ def fd7_3d_lognormal(quick: bool) -> Built:
     field_ = sum(math.sqrt(2 / 8) * np.cos(w[k, 0] * X + w[k, 1] * Y + w[k, 2] * Z + ph[k]) for k in range(8))
     kap = np.exp(1.0 * field_)
     c = kap[:-1, :-1, :-1]
-    weights = [((1, 0, 0), _harmonic(c, kap[1:, :-1, :-1])), ((0, 1, 0), _harmonic(c, kap[:-1, 1:, :-1])),
-               ((0, 0, 1), _harmonic(c, kap[:-1, :-1, 1:]))]
-    rows, cols, vals = _fd_coupled((m, m, m), weights)
+    weights = [((1, 0, 0), harmonic(c, kap[1:, :-1, :-1])), ((0, 1, 0), harmonic(c, kap[:-1, 1:, :-1])),
+               ((0, 0, 1), harmonic(c, kap[:-1, :-1, 1:]))]
+    rows, cols, vals = coupled_entries((m, m, m), weights)
     A, _ = _dmda_matrix((m, m, m), rows, cols, vals)
     return Built(op=A)
 
@@ -529,7 +497,7 @@ def fd27_3d(quick: bool) -> Built:
     kap = 1.0 + X + Y**2 + Z**3
     offsets = [o for o in itertools.product((-1, 0, 1), repeat=3) if o > (0, 0, 0)]  # one of each ± pair
     weights = [(o, kap / 2.0 ** (sum(map(abs, o)) - 1)) for o in offsets]
-    rows, cols, vals = _fd_coupled((m, m, m), weights)
+    rows, cols, vals = coupled_entries((m, m, m), weights)
     A, _ = _dmda_matrix((m, m, m), rows, cols, vals)
     return Built(op=A)
 

@@ -35,6 +35,7 @@ MESHES_2D = ("square", "perturbed", "lshape", "hole", "disc")  # the default dra
 MESHES_3D = ("cube", "hex")
 BOUNDARY_CONDITIONS = ("all", "left", "two", "none")  # Dirichlet on: the whole boundary, x = 0, x = 0 and y = 0
 TENSOR_MESHES = ("quad", "hex")  # quadrilateral / hexahedral cells: Q elements
+STENCIL_MESHES = ("fd5", "fd7")  # finite-difference grids, 5-point (2D) / 7-point (3D) stencils: stencil_spec
 # Held out of all training for good, so that the foreign suite (pcgcvae.foreign) stays foreign when the
 # models are retrained: P3 (and higher) elements and Q2 (and higher).  The suite's other held-out
 # families (9- and 27-point stencils, PETSc's tutorials, the Stokes velocity block) are not Firedrake
@@ -69,9 +70,13 @@ class ProblemSpec:
 
 
 def random_spec(family: str, size: int, seed: int, dim: int | None = None,
-                degree: int | None = None, mesh: str | None = None, broad: bool = False) -> ProblemSpec:
+                degree: int | None = None, mesh: str | None = None, broad: bool = False,
+                stencils: bool = False) -> ProblemSpec:
     """Draw the parameters of one problem of ``family`` from ``seed`` (``broad``: the wider
-    distribution of :func:`broad_spec`)."""
+    distribution of :func:`broad_spec`; ``stencils``: the finite-difference grids of
+    :func:`stencil_spec`)."""
+    if stencils:
+        return stencil_spec(family, size, seed, dim=dim)
     if broad:
         return broad_spec(family, size, seed, dim=dim)
     rng = np.random.default_rng(seed)
@@ -134,6 +139,30 @@ def broad_spec(family: str, size: int, seed: int, dim: int | None = None) -> Pro
     else:
         params["nu"] = float(rng.uniform(0.2, 0.49))
     return ProblemSpec(family, size, degree=degree, mesh=mesh, dim=d, seed=seed, params=params)
+
+
+def stencil_spec(family: str, size: int, seed: int, dim: int | None = None) -> ProblemSpec:
+    """One finite-difference diffusion problem (:data:`STENCIL_MESHES`: the 5-point stencil on a
+    2D grid of 2·size interior points per side, the 7-point one on a 3D grid of size/2 + 2): cell
+    coefficients log-normal, with inclusions of contrast up to 1e6, or axis-aligned anisotropy down
+    to ε = 1e-3, a reaction term on a quarter of them; Dirichlet values eliminated.  Drawn from the
+    stream ``(seed, 2)``; Poisson only (``family`` must be ``poisson``)."""
+    if family != "poisson":
+        raise ValueError(f"finite-difference stencil problems are scalar diffusion: family poisson, not {family}")
+    rng = np.random.default_rng([seed, 2])
+    d = dim or int(rng.choice([2, 3]))
+    kind = str(rng.choice(["lognormal", "jumps", "aniso"]))
+    params = {
+        "kappa": kind,
+        "sigma": float(rng.uniform(0.5, 2.0)),
+        "corr": float(rng.uniform(0.05, 0.4)),
+        "contrast": float(10 ** rng.uniform(1, 6)),
+        "aniso_eps": float(10 ** rng.uniform(-3, 0)) if kind == "aniso" else 1.0,
+        "aniso_axis": int(rng.integers(d)),
+        "reaction": float(10 ** rng.uniform(-3, 1)) if rng.uniform() < 0.25 else 0.0,
+    }
+    m = 2 * size if d == 2 else size // 2 + 2
+    return ProblemSpec(family, m, degree=1, mesh=STENCIL_MESHES[d - 2], dim=d, seed=seed, params=params)
 
 
 # --------------------------------------------------------------------- meshes
@@ -374,8 +403,56 @@ def elasticity(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
     return Problem(spec, V, a, L, bcs, near_nullspace=rigid_body_modes(V))
 
 
-def build_problem(spec: ProblemSpec, comm=None) -> Problem:  # noqa: ANN001
-    """The Firedrake problem described by ``spec``."""
+class StencilProblem:
+    """A finite-difference problem of :func:`stencil_spec` (serial; no Firedrake)."""
+
+    block_size = 1
+    near_nullspace = None
+
+    def __init__(self, spec: ProblemSpec) -> None:
+        self.spec = spec
+
+    def matrix(self):  # noqa: ANN201
+        """The operator as a scipy CSR matrix (natural order, x fastest)."""
+        from .stencils import coupled_matrix, face_weights
+
+        spec, p = self.spec, self.spec.params
+        m, d = spec.size, spec.dim
+        rng = np.random.default_rng([spec.seed, 3])
+        g = (np.arange(m + 1) + 0.5) / (m + 1)  # cell centres: cell c lies between grid points c - 1 and c
+        x = np.meshgrid(*([g] * d), indexing="ij")
+        if p["kappa"] == "jumps":
+            kappa = np.ones((m + 1,) * d)
+            c = rng.uniform(0.0, 1.0, size=(N_INCLUSIONS, d))
+            r = rng.uniform(0.05, 0.25, size=N_INCLUSIONS)
+            v = p["contrast"] ** rng.uniform(-1.0, 1.0, size=N_INCLUSIONS)
+            for k in range(N_INCLUSIONS):
+                kappa[sum((x[i] - c[k, i]) ** 2 for i in range(d)) < r[k] ** 2] = v[k]
+        else:  # log-normal (also under the anisotropy)
+            w = rng.normal(0.0, 1.0 / p["corr"], size=(N_MODES, d))
+            phi = rng.uniform(0.0, 2 * np.pi, size=N_MODES)
+            field_ = sum(math.sqrt(2.0 / N_MODES) * np.cos(sum(w[k, i] * x[i] for i in range(d)) + phi[k])
+                         for k in range(N_MODES))
+            kappa = np.exp(p["sigma"] * field_)
+        scale = tuple(p["aniso_eps"] if i == p["aniso_axis"] else 1.0 for i in range(d))
+        reaction = p["reaction"] * float(np.mean(kappa))
+        return coupled_matrix((m,) * d, face_weights(kappa, scale), reaction=reaction)
+
+    def assemble_matrix(self):  # noqa: ANN201
+        """The operator as a sequential PETSc AIJ matrix."""
+        from .csr import CSR
+        from .petsc_csr import csr_to_mat
+
+        a = self.matrix()
+        return csr_to_mat(CSR(a.indptr, a.indices, a.data))
+
+
+def build_problem(spec: ProblemSpec, comm=None) -> Problem | StencilProblem:  # noqa: ANN001
+    """The problem described by ``spec``: Firedrake's, or a finite-difference grid's (serial)."""
+    if spec.mesh in STENCIL_MESHES:
+        if comm is not None and comm.size > 1:
+            raise ValueError("finite-difference stencil problems are assembled serially (one rank)")
+        return StencilProblem(spec)
     if spec.family == "poisson":
         return poisson(spec, comm)
     if spec.family == "elasticity":

@@ -21,9 +21,11 @@ FULL_RUN = ROOT / "docs" / "bench-foreign" / "foreign.json"
 # the `python -m pcgcvae.training.dataset` commands of their cards (broad: `--broad`).
 # test_training_datasets_match_the_shipped_models fails when a retrained model records other data:
 # then list its dataset commands here.
+# (family, count, smallest size, largest size, dataset seed, dim, broad, stencils): the arguments of
+# python -m pcgcvae.training.dataset for every dataset a shipped model was trained on
 TRAINING_DATASETS = [
-    ("poisson", 160, 8, 28, 0, None, False),
-    ("elasticity", 120, 4, 14, 0, None, False),
+    ("poisson", 160, 8, 28, 0, None, False, False),
+    ("elasticity", 120, 4, 14, 0, None, False, False),
 ]
 
 
@@ -119,30 +121,34 @@ def training_fingerprints(tmp_path: Path, monkeypatch) -> dict[int, list[dict]]:
         return {"indptr": a.indptr, **{f"s{lv}_score": np.array(0.0) for lv in dataset.LEVELS}}
 
     monkeypatch.setattr(dataset, "prepare_sample", fake_prepare)
-    for family, count, lo, hi, seed, dim, broad in TRAINING_DATASETS:
-        index = dataset.generate(family, count, lo, hi, seed=seed, out=tmp_path / f"{family}-{seed}-{broad}",
-                                 progress=False, dim=dim, broad=broad)
+    for family, count, lo, hi, seed, dim, broad, stencils in TRAINING_DATASETS:
+        index = dataset.generate(family, count, lo, hi, seed=seed, out=tmp_path / f"{family}-{seed}-{broad}-{stencils}",
+                                 progress=False, dim=dim, broad=broad, stencils=stencils)
         assert len(index) == count
     assert sum(len(v) for v in seen.values()) == sum(d[1] for d in TRAINING_DATASETS)
     return seen
 
 
 def test_training_datasets_match_the_shipped_models() -> None:
-    """TRAINING_DATASETS are the data the shipped models record (samples, size range, seed)."""
+    """TRAINING_DATASETS are the data the shipped models record (samples, size range, seeds): every
+    dataset a model was trained on is listed, and every listed dataset is some shipped model's."""
     from pcgcvae.training.checkpoint import SHIPPED_MODELS, load_model
 
+    used = set()
     for name in SHIPPED_MODELS:
-        tr = load_model(name)[1]["meta"]["training"]
-        fam = load_model(name)[1]["meta"]["family"]
-        mine = [d for d in TRAINING_DATASETS if d[0] == fam]
-        assert mine, f"{name}: no dataset of family {fam} listed"
+        meta = load_model(name)[1]["meta"]
+        tr, fam = meta["training"], meta["family"]
+        if tr.get("datasets"):  # recorded per dataset since the broad retraining
+            mine = {(fam, d["count"], *d["size_range"], d["seed"], d["dim"], d["broad"], d.get("stencils", False))
+                    for d in tr["datasets"]}
+        else:  # one default dataset
+            seed = tr["dataset_seed"][0] if isinstance(tr["dataset_seed"], list) else tr["dataset_seed"]
+            mine = {(fam, tr["samples"], *tr["size_range"], seed, None, False, False)}
+        assert mine <= set(TRAINING_DATASETS), (name, mine)
         assert tr["samples"] == sum(d[1] for d in mine), name
         assert tr["size_range"] == [min(d[2] for d in mine), max(d[3] for d in mine)], name
-        seeds = tr["dataset_seed"] if isinstance(tr["dataset_seed"], list) else [tr["dataset_seed"]]
-        assert sorted(seeds) == sorted(d[4] for d in mine), name
-        if tr.get("datasets"):  # recorded per dataset since the broad retraining
-            got = sorted((d["count"], *d["size_range"], d["seed"], d["dim"], d["broad"]) for d in tr["datasets"])
-            assert got == sorted(d[1:] for d in mine), name
+        used |= mine
+    assert used == set(TRAINING_DATASETS)
 
 
 def test_no_suite_matrix_is_a_training_matrix(quick_suite: Path, tmp_path, monkeypatch) -> None:
@@ -200,3 +206,38 @@ def test_generator_refuses_the_held_out_families() -> None:
                 check_trainable(spec)
                 drawn.add((spec.mesh in ("quad", "hex"), spec.degree))
     assert (True, 1) in drawn and (False, 2) in drawn  # Q1 and P2 are drawn: the check is not vacuous
+
+
+def test_stencil_generator_draws_five_and_seven_point_problems() -> None:
+    """``--stencils`` (pcgcvae.problems.stencil_spec): 5-point grids in 2D and 7-point grids in 3D,
+    symmetric positive definite M-matrices with every coefficient kind drawn, the same matrix for the
+    same seed; Poisson only, serial only; the suite's 9- and 27-point stencils are never drawn."""
+    import scipy.sparse as sp
+    from mpi4py import MPI
+
+    from pcgcvae.problems import StencilProblem, build_problem, random_spec
+
+    kinds, dims = set(), set()
+    for seed in range(12):
+        spec = random_spec("poisson", 10, seed=seed, stencils=True)
+        a = build_problem(spec).matrix()
+        m, d = spec.size, spec.dim
+        assert spec.mesh == {2: "fd5", 3: "fd7"}[d] and a.shape == (m**d, m**d)
+        assert np.diff(a.indptr).max() == 2 * d + 1  # interior points: the stencil, nothing wider
+        assert abs(a - a.T).max() == 0.0
+        off = a - sp.diags(a.diagonal())
+        assert off.max() <= 0.0 and np.all(a.diagonal() > 0)  # an M-matrix's signs
+        np.linalg.cholesky(a.toarray())  # positive definite, or LinAlgError
+        kinds.add(spec.params["kappa"])
+        dims.add(d)
+    assert kinds == {"lognormal", "jumps", "aniso"} and dims == {2, 3}
+    again = build_problem(random_spec("poisson", 10, seed=3, stencils=True)).matrix()
+    first = build_problem(random_spec("poisson", 10, seed=3, stencils=True)).matrix()
+    assert (again != first).nnz == 0
+    P = StencilProblem(random_spec("poisson", 10, seed=3, stencils=True)).assemble_matrix()
+    assert P.getSize() == first.shape and P.getType() == "seqaij"
+    with pytest.raises(ValueError, match="family poisson"):
+        random_spec("elasticity", 10, seed=0, stencils=True)
+    if MPI.COMM_WORLD.size > 1:
+        with pytest.raises(ValueError, match="serially"):
+            build_problem(random_spec("poisson", 10, seed=0, stencils=True), comm=MPI.COMM_WORLD)

@@ -3,7 +3,7 @@
     python -m pcgcvae.training.calibrate pcgcvae/models/poisson.pt [--count 24] [--write]
 
 Draws ``--count`` problems of the model's training family from the training
-generator (:func:`pcgcvae.problems.random_spec`, default or broad in turn as the
+generator (:func:`pcgcvae.problems.random_spec`, default, broad or stencils in turn as the
 model's datasets were, the datasets' size range and two larger held-out sizes) with
 seeds that no training set uses, and measures
 on each, at every pattern level the model supports, the exact Kaporin gap of
@@ -97,7 +97,9 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
     datasets = tr.get("datasets") or [{"seed": tr.get("dataset_seed", 0), "count": tr.get("samples", 200),
                                        "size_range": [lo, hi], "broad": False}]
     used = set().union(*(training_seeds(int(d["seed"]), int(d["count"]), *d["size_range"]) for d in datasets))
-    broad = [bool(d.get("broad")) for d in datasets]  # problem k: drawn like dataset k mod len(datasets)
+    # problem k: drawn like dataset k mod len(datasets)
+    broad = [bool(d.get("broad")) for d in datasets]
+    stencils = [bool(d.get("stencils")) for d in datasets]
     ordering = recorded_ordering(meta)
     rng = np.random.default_rng(SEED_BASE)
     draw_lo, draw_hi = size_range or (lo, hi)
@@ -107,7 +109,7 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
         seed = SEED_BASE + k
         if seed in used:
             raise RuntimeError(f"calibration seed {seed} is a training seed; change SEED_BASE")
-        spec = random_spec(family, size, seed=seed, broad=broad[k % len(broad)])
+        spec = random_spec(family, size, seed=seed, broad=broad[k % len(broad)], stencils=stencils[k % len(broad)])
         P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
         row = {"seed": seed, "size": size, "n": P.getSize()[0], "degree": spec.degree, "dim": spec.dim,
                "mesh": spec.mesh, "broad": broad[k % len(broad)]}

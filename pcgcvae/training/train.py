@@ -80,7 +80,8 @@ def load_datasets(paths: list[Path], levels: list[int]) -> tuple[list, dict]:
         graphs += g
         indexes.append(index)
     datasets = [{"seed": i["seed"], "count": len(i["samples"]), "size_range": i["size_range"],
-                 "broad": bool(i.get("broad", False)), "dim": i.get("dim")} for i in indexes]
+                 "broad": bool(i.get("broad", False)), "dim": i.get("dim"),
+                 **({"stencils": True} if i.get("stencils") else {})} for i in indexes]
     if len(indexes) == 1:
         return graphs, {**indexes[0], "datasets": datasets}
     families = {i["family"] for i in indexes}
