@@ -25,6 +25,7 @@ FULL_RUN = ROOT / "docs" / "bench-foreign" / "foreign.json"
 # python -m pcgcvae.training.dataset for every dataset a shipped model was trained on
 TRAINING_DATASETS = [
     ("poisson", 160, 8, 28, 0, None, False, False),
+    ("poisson", 160, 8, 28, 1, None, True, False),
     ("elasticity", 120, 4, 14, 0, None, False, False),
 ]
 

@@ -166,7 +166,9 @@ def test_short_cg_catches_what_the_kaporin_gap_misses() -> None:
     Poisson model's Kaporin gap is that of in-distribution wins, so the gap alone keeps the model's factor,
     which needs far more CG iterations than FSAI; the short-CG check predicts the loss and builds FSAI (the
     same iterations as FSAIPC), and -ksp_view gives the signals, the thresholds and the decision.  On the
-    27-point 3D stencil the gap alone already fires (the model's factor is far from FSAI's there)."""
+    27-point 3D stencil the model trained with 3D meshes (2026-12-03) is no longer far from FSAI (the
+    previous one's factor had wrong-sign off-diagonals there: 13x FSAI's iterations, and its gap fired);
+    its gap stays quiet and the short CG run still picks FSAI."""
     from pcgcvae.foreign import fd27_3d, q2_jumps
 
     A = q2_jumps(quick=True).op
@@ -181,9 +183,11 @@ def test_short_cg_catches_what_the_kaporin_gap_misses() -> None:
     assert guarded.iterations == fsai.iterations
     assert guard["cost"] > 0
     A = fd27_3d(quick=True).op
-    gap_only = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_steps": 0})
-    assert gap_only.pc_stats["guard"]["fired"] and gap_only.pc_stats["guard"]["signal"] == "Kaporin gap"
-    assert gap_only.iterations == solve(A, parallel_options("fsai", 1)).iterations
+    fsai = solve(A, parallel_options("fsai", 1))
+    bare = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_threshold": -1})
+    assert bare.iterations <= 1.2 * fsai.iterations, (bare.iterations, fsai.iterations)
+    guarded = solve(A, parallel_options("gcvae", 1))
+    assert guarded.pc_stats["guard"]["signal"] == "short CG" and guarded.iterations <= fsai.iterations
 
 
 def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None:
