@@ -391,3 +391,23 @@ def test_the_kept_trial_is_the_installed_factor() -> None:
         opts.delValue(name)
     assert not ctx.stats["guard"]["reused"] and ctx.stats["guard"]["alpha"] == 1.0
     assert _same_matrix(ctx.G, model.G) and _same_matrix(ctx.GT, model.GT)
+
+
+def test_calibration_rules_leave_predicted_losses_to_the_short_cg() -> None:
+    """The ratio threshold lies below every losing prediction; the Kaporin threshold is 1.25 x the
+    largest winning gap, lowered only below losses the short CG would keep (none, with R from the same
+    rows), and lowered below every losing gap when there is no spectral check; 0 without a win."""
+    from pcgcvae.training.calibrate import ratio_from, threshold_from, thresholds_of
+
+    # (gap, ratio, prediction): two wins, a loss the short CG predicts, a loss it does not
+    pts = [(0.020, 0.95, 0.97), (0.040, 1.00, 0.99), (0.030, 1.04, 1.02), (0.010, 1.03, 0.98)]
+    assert ratio_from([(p, r) for _, r, p in pts]) == pytest.approx(0.999 * 0.98)
+    assert threshold_from(pts, ratio_threshold=1.0) == pytest.approx(0.999 * 0.010)  # 0.98 <= 1: kept by CG
+    assert threshold_from(pts, ratio_threshold=0.975) == pytest.approx(1.25 * 0.040)  # 0.98 > 0.975: caught
+    assert threshold_from(pts[:3], ratio_threshold=1.0) == pytest.approx(1.25 * 0.040)  # 1.02 > 1: caught
+    assert threshold_from(pts[:3]) == pytest.approx(0.999 * 0.030)  # no spectral check: every loss lowers it
+    assert threshold_from([(0.03, 1.1, 0.9)], 1.0) == 0.0 and ratio_from([(0.9, 1.1)]) == 0.0
+    rows = [{"L1": {"gap": g, "ratio": r, "pred": p}} for g, r, p in pts]
+    out = thresholds_of(rows, [1])
+    assert out["ratios"]["1"] == pytest.approx(0.999 * 0.98, abs=1e-6)
+    assert out["thresholds"]["1"] == pytest.approx(1.25 * 0.040, abs=1e-6)  # both losses predicted above R

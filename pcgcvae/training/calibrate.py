@@ -12,8 +12,9 @@ every row sampled) and both CG iteration counts (rtol 1e-8, random right-hand
 side, serial).  The threshold of a level is then
 
     t = 1.25 × (largest gap where the GCVAE needed at most FSAI's iterations),
-    lowered below the smallest gap where it needed more (so that the guard
-    fires on every in-distribution loss), and 0 (always FSAI) when it won nowhere.
+    lowered below the smallest gap where it needed more and the spectral check
+    below does not predict the loss (so that the guard fires on every
+    in-distribution loss), and 0 (always FSAI) when it won nowhere.
 
 On the same runs it records the guard's spectral prediction of that ratio (the model's factor against
 FSAI after :data:`pcgcvae.guard.DEFAULT_STEPS` CG steps each from an exact solution smoothed by
@@ -23,6 +24,13 @@ threshold of a level is
     R = min(1, 0.999 × smallest prediction where the GCVAE needed more than FSAI's iterations),
     and 0 (the model's factor is never kept: no short CG, no inference) when it won nowhere.
 
+R lies below every losing prediction, so the spectral check catches every calibration loss and the Kaporin
+threshold is left to what it does cheaply (before FSAI is built): firing on factors far from FSAI.  (Until
+2026-12-03 t was lowered below every losing gap; at level 2, where wins and losses have the same gaps,
+that made the guard build FSAI on nearly every 2D problem, wins of 4-6 % included.)  With
+``-pc_gcvae_guard_steps 0`` the losses the gap does not catch are kept.
+
+``--stored`` applies the rules to the measurements a checkpoint already stores (no solves).
 ``--write`` stores ``guard_threshold`` and ``guard_ratio`` (per level) and the measurements
 (``guard_calibration``) in the checkpoint's metadata; export the ``.npz`` again afterwards
 (``python -m pcgcvae.training.export``).
@@ -54,10 +62,12 @@ def training_seeds(dataset_seed: int, count: int, size_min: int, size_max: int) 
     return seeds
 
 
-def threshold_from(points: list[tuple[float, float]]) -> float:
-    """The rule of the module docstring from (gap, GCVAE/FSAI iteration ratio) pairs."""
-    wins = [g for g, r in points if r <= 1.0]
-    losses = [g for g, r in points if r > 1.0]
+def threshold_from(points: list[tuple[float, float, float]], ratio_threshold: float | None = None) -> float:
+    """The rule of the module docstring from (gap, GCVAE/FSAI iteration ratio, short-CG prediction)
+    triples: the losses whose prediction is above ``ratio_threshold`` are left to the short CG (None:
+    no spectral check, every loss lowers the threshold)."""
+    wins = [g for g, r, _ in points if r <= 1.0]
+    losses = [g for g, r, p in points if r > 1.0 and (ratio_threshold is None or p <= ratio_threshold)]
     if not wins:
         return 0.0
     t = MARGIN * max(wins)
@@ -128,18 +138,24 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
                                 "ratio": round(gcvae.iterations / fsai.iterations, 4), "pred": round(pred, 4)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    thresholds, ratios = {}, {}
-    for level in meta["pattern_levels"]:
-        pts = [(r[f"L{level}"]["gap"], r[f"L{level}"]["ratio"]) for r in rows]
-        thresholds[str(level)] = round(threshold_from(pts), 6)
-        pts = [(r[f"L{level}"]["pred"], r[f"L{level}"]["ratio"]) for r in rows]
-        ratios[str(level)] = round(ratio_from(pts), 6)
-    return {"thresholds": thresholds, "ratios": ratios, "rows": rows,
-            "rule": f"{MARGIN} x largest winning gap, below the smallest losing gap; 0 if no win",
-            "ratio_rule": "min(1, 0.999 x smallest losing prediction); 0 if no win",
+    return {**thresholds_of(rows, meta["pattern_levels"]), "rows": rows,
             "steps": DEFAULT_STEPS, "smooth": DEFAULT_SMOOTH, "size_range": [int(draw_lo), int(draw_hi)],
             "heldout_sizes": draws[-2:],
             "seeds": f"{SEED_BASE}..{SEED_BASE + len(draws) - 1} (disjoint from training)"}
+
+
+def thresholds_of(rows: list[dict], levels: list[int]) -> dict:
+    """Both thresholds of every level from the measured rows, and the rules' descriptions."""
+    thresholds, ratios = {}, {}
+    for level in levels:
+        cells = [r[f"L{level}"] for r in rows]
+        ratios[str(level)] = round(ratio_from([(c["pred"], c["ratio"]) for c in cells]), 6)
+        thresholds[str(level)] = round(threshold_from([(c["gap"], c["ratio"], c["pred"]) for c in cells],
+                                                      ratios[str(level)]), 6)
+    return {"thresholds": thresholds, "ratios": ratios,
+            "rule": f"{MARGIN} x largest winning gap, below the smallest losing gap the short CG does not catch; "
+                    "0 if no win",
+            "ratio_rule": "min(1, 0.999 x smallest losing prediction); 0 if no win"}
 
 
 def write(ckpt: Path, result: dict) -> None:
@@ -184,9 +200,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path, help="write the markdown table here")
     ap.add_argument("--size-range", type=int, nargs=2, metavar=("LO", "HI"),
                     help="cells per side of the drawn problems (default: the training datasets' range)")
+    ap.add_argument("--stored", action="store_true",
+                    help="no solves: apply the rules to the measurements the checkpoint already stores")
     args = ap.parse_args(argv)
     sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc
-    result = calibrate(args.checkpoint, args.count, size_range=tuple(args.size_range) if args.size_range else None)
+    if args.stored:
+        from .checkpoint import load_checkpoint
+
+        meta = load_checkpoint(args.checkpoint)[1]["meta"]
+        if "guard_calibration" not in meta:
+            ap.error(f"{args.checkpoint} stores no calibration measurements; run without --stored")
+        result = {**meta["guard_calibration"], **thresholds_of(meta["guard_calibration"]["rows"],
+                                                               meta["pattern_levels"])}
+    else:
+        result = calibrate(args.checkpoint, args.count,
+                           size_range=tuple(args.size_range) if args.size_range else None)
     text = summary(result)
     print(text)
     if args.report:
