@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from .stencils import coupled_entries, harmonic
+from .stencils import coupled_entries, face_weights
 
 PCS = ["jacobi", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-noguard", "gcvae2-noguard", "gamg"]
 _FSAI = {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC"}
@@ -440,9 +440,7 @@ def fd5_jumps(quick: bool) -> Built:
     rng = np.random.default_rng(41)
     blocks = np.where(rng.random((m // 10 + 1, m // 10 + 1)) < 0.35, 1e6, 1.0)
     kap = np.kron(blocks, np.ones((10, 10)))[: m + 1, : m + 1]
-    wx = harmonic(kap[:-1, :-1], kap[1:, :-1])  # point (i, j) to (i+1, j)
-    wy = harmonic(kap[:-1, :-1], kap[:-1, 1:])
-    rows, cols, vals = coupled_entries((m, m), [((1, 0), wx), ((0, 1), wy)])
+    rows, cols, vals = coupled_entries((m, m), face_weights(kap))  # harmonic means of the cells at each face
     A, _ = _dmda_matrix((m, m), rows, cols, vals)
     return Built(op=A)
 
@@ -457,10 +455,7 @@ def fd7_3d_lognormal(quick: bool) -> Built:
     ph = rng.uniform(0, 2 * np.pi, 8)
     field_ = sum(math.sqrt(2 / 8) * np.cos(w[k, 0] * X + w[k, 1] * Y + w[k, 2] * Z + ph[k]) for k in range(8))
     kap = np.exp(1.0 * field_)
-    c = kap[:-1, :-1, :-1]
-    weights = [((1, 0, 0), harmonic(c, kap[1:, :-1, :-1])), ((0, 1, 0), harmonic(c, kap[:-1, 1:, :-1])),
-               ((0, 0, 1), harmonic(c, kap[:-1, :-1, 1:]))]
-    rows, cols, vals = coupled_entries((m, m, m), weights)
+    rows, cols, vals = coupled_entries((m, m, m), face_weights(kap))
     A, _ = _dmda_matrix((m, m, m), rows, cols, vals)
     return Built(op=A)
 

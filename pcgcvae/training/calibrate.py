@@ -119,10 +119,11 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
         seed = SEED_BASE + k
         if seed in used:
             raise RuntimeError(f"calibration seed {seed} is a training seed; change SEED_BASE")
-        spec = random_spec(family, size, seed=seed, broad=broad[k % len(broad)], stencils=stencils[k % len(broad)])
+        kind = k % len(datasets)
+        spec = random_spec(family, size, seed=seed, broad=broad[kind], stencils=stencils[kind])
         P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
         row = {"seed": seed, "size": size, "n": P.getSize()[0], "degree": spec.degree, "dim": spec.dim,
-               "mesh": spec.mesh, "broad": broad[k % len(broad)]}
+               "mesh": spec.mesh, "broad": broad[kind], "stencils": stencils[kind]}
         for level in meta["pattern_levels"]:
             fsai = solve(P, {**parallel_options("fsai", 1), "pc_fsai_pattern_level": level,
                              "pc_fsai_ordering": ordering})
