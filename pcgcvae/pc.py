@@ -34,6 +34,7 @@ from .features import build_arrays
 from .fsai import FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
 from .guard import (
     DEFAULT_FRACTION,
+    DEFAULT_FULL_ROWS,
     DEFAULT_PREDICTOR,
     DEFAULT_RATIO,
     DEFAULT_SMOOTH,
@@ -55,7 +56,16 @@ from .ordering import (
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, petsc_arrays
 from .symmetry import check_couplings, check_local
-from .trial import PREDICTORS, condition_ratio, energy_ratio, exact_solution, predicted_ratio, short_cg
+from .trial import (
+    FULL_RTOL,
+    PREDICTORS,
+    condition_ratio,
+    energy_ratio,
+    exact_solution,
+    full_cg,
+    predicted_ratio,
+    short_cg,
+)
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
 _STAGES = ("local block", "model load", "ordering", "scale", "symmetry check", "pattern", "graph", "inference",
@@ -673,6 +683,9 @@ class GCVAEPC(SPAIFactorPC):
     (keep a candidate whose predicted iterations are at most R times FSAI's),
     ``-pc_gcvae_guard_predictor energy|condition|mean`` (how the short CG runs predict the iterations),
     ``-pc_gcvae_guard_smooth N`` (damped-Jacobi sweeps on the short runs' random exact solution),
+    ``-pc_gcvae_guard_full_rows N`` (at or below N global rows, each candidate's CG runs to convergence
+    on a random right-hand side instead, and the model's factor is kept only if it took fewer iterations;
+    0: never),
     ``-pc_gcvae_guard_alphas a,b,...`` (candidate blends G_FSAI + α (G_GCVAE − G_FSAI), default 1),
     ``-pc_gcvae_guard_recheck`` (measure again on a re-setup with the same structure).
     """
@@ -693,6 +706,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_recheck = False
         self.guard_steps = DEFAULT_STEPS
         self.guard_smooth = DEFAULT_SMOOTH
+        self.guard_full_rows = DEFAULT_FULL_ROWS
         self.guard_ratio: float | None = None  # None: the model's calibrated ratio, else DEFAULT_RATIO
         self.guard_alphas: list[float] = [1.0]
         self.guard_predictor = DEFAULT_PREDICTOR
@@ -716,6 +730,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_recheck = opts.getBool(stem + "guard_recheck", self.guard_recheck)
         self.guard_steps = opts.getInt(stem + "guard_steps", self.guard_steps)
         self.guard_smooth = opts.getInt(stem + "guard_smooth", self.guard_smooth)
+        self.guard_full_rows = opts.getInt(stem + "guard_full_rows", self.guard_full_rows)
         if opts.hasName(stem + "guard_ratio"):
             self.guard_ratio = opts.getReal(stem + "guard_ratio")
         self.guard_predictor = opts.getString(stem + "guard_predictor", self.guard_predictor)
@@ -745,6 +760,8 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_guard_steps must be >= 0, got {self.guard_steps}")
         if self.guard_smooth < 0:
             raise OptionError(f"-pc_gcvae_guard_smooth must be >= 0, got {self.guard_smooth}")
+        if self.guard_full_rows < 0:
+            raise OptionError(f"-pc_gcvae_guard_full_rows must be >= 0, got {self.guard_full_rows}")
         if self.guard_ratio is not None and not (self.guard_ratio >= 0 and np.isfinite(self.guard_ratio)):
             raise OptionError(f"-pc_gcvae_guard_ratio must be a number >= 0, got {self.guard_ratio}")
         if self.guard_predictor not in PREDICTORS:
@@ -846,7 +863,9 @@ class GCVAEPC(SPAIFactorPC):
            G(α) = G_FSAI + α (G_GCVAE − G_FSAI) (α = 0, FSAI itself, and ``-pc_gcvae_guard_alphas``,
            default 1: the model's factor) runs a few CG steps on the same random system
            (:mod:`pcgcvae.trial`); the candidate with the lowest predicted iteration count is kept
-           when it beats FSAI's prediction by the ratio ``-pc_gcvae_guard_ratio``, else FSAI.
+           when it beats FSAI's prediction by the ratio ``-pc_gcvae_guard_ratio``, else FSAI.  At or
+           below ``-pc_gcvae_guard_full_rows`` global rows each candidate's CG runs to convergence on
+           a random right-hand side instead, and a candidate is kept only if it took fewer iterations.
 
         The decision (α) is cached per nonzero structure: a re-setup with new values on the same
         structure (Newton, time steps) and the same guard settings keeps it without measuring
@@ -886,7 +905,7 @@ class GCVAEPC(SPAIFactorPC):
         """What a cached guard decision was made for (besides the nonzero structure)."""
         return (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
                 self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self._guard_ratio()[0],
-                tuple(self.guard_alphas), self.guard_predictor, self.guard_smooth)
+                tuple(self.guard_alphas), self.guard_predictor, self.guard_smooth, self.guard_full_rows)
 
     def _guard_ratio(self) -> tuple[float, str]:
         """The spectral check's ratio threshold in effect and where it comes from."""
@@ -943,7 +962,7 @@ class GCVAEPC(SPAIFactorPC):
                  "rows": sum(s.sampled for s in samples), "of": sum(s.owned for s in samples),
                  "steps": self.guard_steps, "smooth": self.guard_smooth, "ratio_threshold": ratio,
                  "ratio_source": ratio_source,
-                 "predictor": self.guard_predictor,
+                 "predictor": self.guard_predictor, "full_rows": self.guard_full_rows,
                  "trials": {}}
         if estimate > threshold:
             guard.update(alpha=0.0, fired=True, signal="Kaporin gap")
@@ -952,8 +971,10 @@ class GCVAEPC(SPAIFactorPC):
             guard.update(alpha=1.0, fired=False, signal="Kaporin gap")
             return guard, None
         fsai = self._fsai_everywhere(comm, prob)
+        full = P.getSize()[0] <= self.guard_full_rows  # whole solves: the iteration counts themselves
+        guard.update(mode="full" if full else "short")
         with self._timed("guard", "GCVAEGuard"):
-            xstar = exact_solution(P, self.seed, self.guard_smooth)
+            xstar = exact_solution(P, self.seed, 0 if full else self.guard_smooth)  # full: the right-hand side
             trials, built = {}, {}
             try:
                 for alpha in [0.0] + [a for a in self.guard_alphas if a != 0.0]:
@@ -961,20 +982,23 @@ class GCVAEPC(SPAIFactorPC):
                     factor, stats = self._collective(comm, lambda v=values: self._local_factor(P, prob, v))
                     G, GT = factor_pair(P, factor)
                     built[alpha] = {"values": values, "factor": factor, "stats": stats, "G": G, "GT": GT}
-                    trials[alpha] = short_cg(P, G, xstar, self.guard_steps, GT=GT)
+                    trials[alpha] = (full_cg(P, G, xstar, GT=GT) if full
+                                     else short_cg(P, G, xstar, self.guard_steps, GT=GT))
                 ratios = {a: predicted_ratio(t, trials[0.0], self.guard_predictor) for a, t in trials.items()}
                 best = min(ratios, key=lambda a: (ratios[a], a))
-                alpha = best if best != 0.0 and ratios[best] <= ratio else 0.0
+                keep = ratios[best] <= ratio and (ratios[best] < 1.0 or not full)  # full: at least one fewer
+                alpha = best if best != 0.0 and keep else 0.0
                 self._trial = built.pop(alpha)  # installed as the preconditioner's G and Gᵀ (no second assembly)
             finally:
                 xstar.destroy()
                 for b in built.values():
                     b["G"].destroy()
                     b["GT"].destroy()
-        guard.update(alpha=alpha, fired=alpha != 1.0, signal="short CG",
+        guard.update(alpha=alpha, fired=alpha != 1.0, signal="whole CG solves" if full else "short CG",
                      trials={a: {"ratio": ratios[a], "energy_ratio": energy_ratio(t, trials[0.0]),
                                  "condition_ratio": condition_ratio(t, trials[0.0]), "reduction": t.reduction,
-                                 "condition": t.condition, "steps": t.steps} for a, t in trials.items()})
+                                 "condition": t.condition, "steps": t.steps, "converged": t.converged}
+                             for a, t in trials.items()})
         return guard, fsai
 
     def _guard_line(self) -> str:
@@ -996,7 +1020,14 @@ class GCVAEPC(SPAIFactorPC):
         line = (f"guard: estimated Kaporin gap to FSAI on the same pattern {guard['estimate']:+.4f} "
                 f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
                 f"({guard['source']})")
-        if guard["trials"]:
+        if guard["trials"] and guard.get("mode") == "full":
+            line += (f"; {guard['of']} rows <= {guard.get('full_rows')} (-pc_gcvae_guard_full_rows): CG to rtol "
+                     f"{FULL_RTOL:g} per candidate on a random right-hand side, iterations "
+                     + ", ".join(f"alpha {a:g}: {t['steps']}{'' if t.get('converged') else ' (not converged)'}"
+                                 for a, t in sorted(guard["trials"].items()))
+                     + f", kept when fewer than FSAI's (alpha 0) and the ratio <= {guard['ratio_threshold']:g} "
+                       f"({guard['ratio_source']})")
+        elif guard["trials"]:
             line += (f"; {guard['steps']} CG steps per candidate (x* smoothed by {guard.get('smooth', 0)} "
                      f"Jacobi sweeps), predicted iterations / FSAI's "
                      f"({guard['predictor']}): "

@@ -74,7 +74,8 @@ def test_bench_quick_writes_files(tmp_path) -> None:
         assert (r["guard_alpha"] != "") == has_guard, r
         if has_guard:
             assert float(r["guard_alpha"]) in (0.0, 1.0) and float(r["guard_cost_s"]) > 0, r
-            assert np.isfinite(float(r["guard_estimate"])) and r["guard_signal"] in ("Kaporin gap", "short CG"), r
+            assert np.isfinite(float(r["guard_estimate"])), r
+            assert r["guard_signal"] in ("Kaporin gap", "short CG", "whole CG solves"), r
     assert "- guard (gcvae): fired on " in text and "of the GCVAE's setup + solve" in text
     by_case = {(r["dofs"], r["ranks"], r["pc"]): int(r["iterations"]) for r in rows}
     for (dofs, ranks, pc), its in by_case.items():

@@ -75,9 +75,9 @@ def test_quick_suite_writes_wellformed_files(quick_suite: Path) -> None:
             assert r["guard_fired"] in ("True", "False") and int(r["guard_rows"]) > 0, where
             assert np.isfinite(float(r["guard_estimate"])), where
             assert float(r["guard_alpha"]) in (0.0, 1.0) and float(r["guard_cost_s"]) >= 0, where
-            assert r["guard_signal"] in ("Kaporin gap", "short CG"), where
+            assert r["guard_signal"] in ("Kaporin gap", "short CG", "whole CG solves"), where
             assert (r["guard_fired"] == "True") == (float(r["guard_alpha"]) == 0.0), where
-            if r["guard_signal"] == "short CG":  # the model's factor's predicted iteration ratio
+            if r["guard_signal"] in ("short CG", "whole CG solves"):  # the model's factor's iteration ratio
                 assert float(r["guard_predicted"]) > 0, where
     by = {(r["problem"], r["pc"]): r for r in rows}
     for c in quick:

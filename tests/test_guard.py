@@ -11,6 +11,8 @@ from petsc4py import PETSc
 from pcgcvae.evaluate import parallel_options, solve
 from pcgcvae.guard import GuardSample, combine, sample_rows
 
+SHORT = {"pc_gcvae_guard_full_rows": 0}  # the short CG run even on problems small enough for whole solves
+
 
 def _setup(A: PETSc.Mat, pc_class: str = "GCVAEPC", **options):
     ksp = python_ksp(A, pc_class, **options)
@@ -174,7 +176,7 @@ def test_short_cg_catches_what_the_kaporin_gap_misses() -> None:
     A = q2_jumps(quick=True).op
     fsai = solve(A, parallel_options("fsai", 1))
     gap_only = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_steps": 0})
-    guarded = solve(A, parallel_options("gcvae", 1))
+    guarded = solve(A, {**parallel_options("gcvae", 1), **SHORT})
     assert not gap_only.pc_stats["guard"]["fired"]
     assert gap_only.iterations > 1.3 * fsai.iterations, (gap_only.iterations, fsai.iterations)
     guard = guarded.pc_stats["guard"]
@@ -186,13 +188,13 @@ def test_short_cg_catches_what_the_kaporin_gap_misses() -> None:
     fsai = solve(A, parallel_options("fsai", 1))
     bare = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_threshold": -1})
     assert bare.iterations <= 1.2 * fsai.iterations, (bare.iterations, fsai.iterations)
-    guarded = solve(A, parallel_options("gcvae", 1))
+    guarded = solve(A, {**parallel_options("gcvae", 1), **SHORT})
     assert guarded.pc_stats["guard"]["signal"] == "short CG" and guarded.iterations <= fsai.iterations
 
 
 def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None:
     A = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=2)
-    ksp, ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+    ksp, ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), **SHORT, pc_gcvae_guard_threshold=1e9,
                       pc_gcvae_guard_alphas="0.5, 1", pc_gcvae_guard_steps=8)
     guard = ctx.stats["guard"]
     assert set(guard["trials"]) == {0.0, 0.5, 1.0} and guard["trials"][0.0]["ratio"] == 1.0
@@ -208,17 +210,17 @@ def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None
                                             "mean": 0.5 * (t["energy_ratio"] + t["condition_ratio"])}[
                                                 guard["predictor"]])
     for predictor in ("energy", "condition", "mean"):
-        _, other = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+        _, other = _setup(A, pc_gcvae_model=str(tiny_poisson), **SHORT, pc_gcvae_guard_threshold=1e9,
                           pc_gcvae_guard_steps=8, pc_gcvae_guard_predictor=predictor)
         t = other.stats["guard"]["trials"][1.0]
         assert other.stats["guard"]["predictor"] == predictor
         assert t["energy_ratio"] == pytest.approx(guard["trials"][1.0]["energy_ratio"])  # same runs
         assert other.stats["guard"]["alpha"] == (1.0 if t["ratio"] <= 1.0 else 0.0)
     # a ratio threshold of 1e9 keeps the best candidate; a tiny one always builds FSAI
-    _, keep = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+    _, keep = _setup(A, pc_gcvae_model=str(tiny_poisson), **SHORT, pc_gcvae_guard_threshold=1e9,
                      pc_gcvae_guard_ratio=1e9, pc_gcvae_guard_steps=8)
     assert keep.stats["guard"]["alpha"] == 1.0 or keep.stats["guard"]["trials"][1.0]["ratio"] >= 1.0
-    _, never = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9,
+    _, never = _setup(A, pc_gcvae_model=str(tiny_poisson), **SHORT, pc_gcvae_guard_threshold=1e9,
                       pc_gcvae_guard_ratio=1e-9, pc_gcvae_guard_steps=8)
     assert never.stats["guard"]["alpha"] == 0.0 and never.stats["guard"]["fired"]
     for opts, needle in (({"pc_gcvae_guard_steps": -1}, "guard_steps"),
@@ -227,7 +229,7 @@ def test_short_cg_view_blend_candidates_and_options(tiny_poisson, capfd) -> None
                          ({"pc_gcvae_guard_alphas": "1.5"}, "guard_alphas"),
                          ({"pc_gcvae_guard_predictor": "median"}, "guard_predictor")):
         with pytest.raises(PETSc.Error) as info:
-            _setup(A, pc_gcvae_model=str(tiny_poisson), **opts)
+            _setup(A, pc_gcvae_model=str(tiny_poisson), **SHORT, **opts)
         assert needle in str(info.value) or needle in str(info.value.__cause__)
 
 
@@ -308,9 +310,9 @@ def test_calibrated_ratio_comes_from_the_model(tiny_poisson, tmp_path) -> None:
     _, ctx = _setup(A, pc_gcvae_model=str(path))
     assert ctx.stats["guard"]["signal"] == "ratio threshold 0"
     assert ctx.stats["guard"]["ratio_source"] == "the model's calibration"
-    _, ctx = _setup(A, pc_gcvae_model=str(path), pc_gcvae_pattern_level=2, pc_gcvae_guard_threshold=1e9)
+    _, ctx = _setup(A, pc_gcvae_model=str(path), **SHORT, pc_gcvae_pattern_level=2, pc_gcvae_guard_threshold=1e9)
     assert ctx.stats["guard"]["signal"] == "short CG" and ctx.stats["guard"]["ratio_threshold"] == 1.0
-    _, ctx = _setup(A, pc_gcvae_model=str(path), pc_gcvae_guard_ratio=2.0, pc_gcvae_guard_threshold=1e9)
+    _, ctx = _setup(A, pc_gcvae_model=str(path), **SHORT, pc_gcvae_guard_ratio=2.0, pc_gcvae_guard_threshold=1e9)
     guard = ctx.stats["guard"]
     assert guard["ratio_source"] == "-pc_gcvae_guard_ratio" and guard["ratio_threshold"] == 2.0
     assert guard["alpha"] == (1.0 if guard["trials"][1.0]["ratio"] < 1.0 else 0.0)  # the better of the two
@@ -329,9 +331,9 @@ def test_smoothed_start_catches_the_five_point_stencil() -> None:
     fsai = solve(A, parallel_options("fsai", 1))
     bare = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_threshold": -1})
     assert bare.iterations > 1.05 * fsai.iterations, (bare.iterations, fsai.iterations)
-    rough = solve(A, {**parallel_options("gcvae", 1), "pc_gcvae_guard_smooth": 0})
+    rough = solve(A, {**parallel_options("gcvae", 1), **SHORT, "pc_gcvae_guard_smooth": 0})
     assert rough.pc_stats["guard"]["smooth"] == 0 and rough.pc_stats["guard"]["trials"][1.0]["steps"] > 0
-    guarded = solve(A, parallel_options("gcvae", 1))
+    guarded = solve(A, {**parallel_options("gcvae", 1), **SHORT})
     guard = guarded.pc_stats["guard"]
     assert guard["smooth"] == 20 and guard["fired"] and guard["signal"] == "short CG", guard
     assert guard["trials"][1.0]["ratio"] > 1.0 and guarded.iterations == fsai.iterations
@@ -411,3 +413,47 @@ def test_calibration_rules_leave_predicted_losses_to_the_short_cg() -> None:
     out = thresholds_of(rows, [1])
     assert out["ratios"]["1"] == pytest.approx(0.999 * 0.98, abs=1e-6)
     assert out["thresholds"]["1"] == pytest.approx(1.25 * 0.040, abs=1e-6)  # both losses predicted above R
+
+
+def test_whole_solves_decide_on_small_problems(capfd) -> None:
+    """At or below -pc_gcvae_guard_full_rows global rows (default 5000) the spectral check runs every
+    candidate's CG to rtol 1e-8 on one random right-hand side, and keeps the model's factor only if it took
+    fewer iterations.  On the benchmark's 1024-dof P1 Poisson problem at level 2 the shipped model needs one
+    iteration more than FSAI (42 vs 41): the 20-step prediction (0.992) misses it and keeps the model's
+    factor; the whole solves build FSAI.  The trials' counts are those of independent solves on the same
+    right-hand side, and -ksp_view says which check decided."""
+    import firedrake as fd
+
+    from pcgcvae.bench import assemble_case
+    from pcgcvae.problems import ProblemSpec, build_problem
+    from pcgcvae.trial import exact_solution
+
+    spec = ProblemSpec("poisson", 31, degree=1, dim=2, mesh="square", seed=5,
+                       params={"kappa": "lognormal", "sigma": 1.5, "corr": 0.1})
+    A, b = assemble_case(build_problem(spec, comm=fd.COMM_SELF))
+    level2 = {**parallel_options("gcvae2", 1)}
+    fsai = solve(A, parallel_options("fsai2", 1), b=b)
+    bare = solve(A, {**level2, "pc_gcvae_guard_threshold": -1}, b=b)
+    assert bare.iterations > fsai.iterations, (bare.iterations, fsai.iterations)
+    short = solve(A, {**level2, **SHORT}, b=b)
+    assert short.pc_stats["guard"]["signal"] == "short CG" and short.iterations == bare.iterations  # the miss
+    whole = solve(A, level2, b=b)
+    guard = whole.pc_stats["guard"]
+    assert guard["mode"] == "full" and guard["signal"] == "whole CG solves" and guard["fired"], guard
+    assert whole.iterations == fsai.iterations
+    trials = guard["trials"]
+    assert trials[1.0]["steps"] >= trials[0.0]["steps"] and all(t["converged"] for t in trials.values())
+    rhs = exact_solution(A, seed=0)  # the trials' right-hand side (the PC's seed, no smoothing)
+    for alpha, opts in ((0.0, parallel_options("fsai2", 1)), (1.0, {**level2, "pc_gcvae_guard_threshold": -1})):
+        assert solve(A, opts, b=rhs).iterations == trials[alpha]["steps"], (alpha, trials)
+    ksp, _ = _setup(A, pc_gcvae_pattern_level=2)
+    capfd.readouterr()
+    ksp.view()
+    out = capfd.readouterr().out
+    assert "CG to rtol 1e-08 per candidate" in out and "-pc_gcvae_guard_full_rows" in out, out
+    # above the threshold the short runs decide
+    _, ctx = _setup(A, pc_gcvae_pattern_level=2, pc_gcvae_guard_full_rows=A.getSize()[0] - 1)
+    assert ctx.stats["guard"]["mode"] == "short"
+    with pytest.raises(PETSc.Error) as info:
+        _setup(A, pc_gcvae_guard_full_rows=-1)
+    assert "guard_full_rows" in str(info.value) or "guard_full_rows" in str(info.value.__cause__)

@@ -133,7 +133,8 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
             gap = gcvae.pc_stats["guard"]["estimate"]
             probe = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
                               "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
-                              "pc_gcvae_guard_ratio": 1.0})  # the spectral check always runs here
+                              "pc_gcvae_guard_ratio": 1.0,  # the spectral check always runs here,
+                              "pc_gcvae_guard_full_rows": 0})  # as the short CG runs even on small problems
             pred = probe.pc_stats["guard"]["trials"][1.0]["ratio"]
             row[f"L{level}"] = {"fsai": fsai.iterations, "gcvae": gcvae.iterations, "gap": round(gap, 6),
                                 "ratio": round(gcvae.iterations / fsai.iterations, 4), "pred": round(pred, 4)}
