@@ -432,15 +432,29 @@ class SPAIFactorPC:
         if self.pattern_level == 1 and cache.get("pattern_key") == key:  # S = tril(Â): a gather of Â's values
             self._reused.append("pattern")
             return cache["pattern"].with_data(ahat.data[cache["lower_mask"]]), None
-        cache.pop("fsai_plan", None)  # a new pattern: FSAI's plan and the factor's layout of the old one
-        cache.pop("layout", None)  # do not serve
         if self.pattern_level == 1:
+            self._new_pattern()
             mask = ahat.indices <= ahat.rows(ahat.indices.dtype)
             cache.update(pattern_key=key, pattern=ahat.select(mask), lower_mask=mask)
             return cache["pattern"], None
-        s, a2 = factor_pattern(ahat, self._scaled_mat(ahat), self.pattern_level, self.pattern_threshold)
+        # level >= 2: the powers' symbolic products are kept with the structure; the thresholded pattern
+        # depends on the values, and while it comes out the same, what was built on it still serves
+        powers = cache.setdefault("powers", {})  # Â^k and where tril(Â^k) lies: functions of Â's structure
+        if powers:
+            self._reused.append("symbolic products")
+        s, a2 = factor_pattern(ahat, self._scaled_mat(ahat), self.pattern_level, self.pattern_threshold, powers)
+        old = cache.get("pattern") if cache.get("pattern_key") == key else None
+        if old is not None and np.array_equal(old.indptr, s.indptr) and np.array_equal(old.indices, s.indices):
+            self._reused.append("pattern")
+            return old.with_data(s.data), a2
+        self._new_pattern()
         cache.update(pattern_key=key, pattern=s)
         return s, a2
+
+    def _new_pattern(self) -> None:
+        """Drop what was built on the previous pattern (FSAI's plan, the factor's layout)."""
+        self._pattern_cache.pop("fsai_plan", None)
+        self._pattern_cache.pop("layout", None)
 
     def _fsai_plan(self, ahat: CSR, s: CSR, block: _LocalBlock, build: bool = True) -> FSAIPlan | None:
         """The :class:`FSAIPlan` of this setup's pattern and owned rows, kept with the pattern (a setup with

@@ -112,9 +112,10 @@ def test_resetup_with_new_values_reuses_and_says_so(capfd, level: int) -> None:
     A.scale(2.0)
     _solve_iterations(ksp, A)
     # level 1 gathers tril(Â) and FSAI's submatrices through the kept structure; level >= 2 refills the
-    # PETSc Mat of Â that its products need (its pattern depends on the values: recomputed, and FSAI's plan too)
+    # PETSc Mat of Â and the powers' symbolic products, and since the thresholded pattern of Â² comes out
+    # the same (a scaled A has the same Â), keeps the pattern and what was built on it
     want = {"ordering", "pattern", "FSAI plan", "G's structure"} if level == 1 else {
-        "ordering", "scaled operator's structure", "G's structure"}
+        "ordering", "symbolic products", "scaled operator's structure", "pattern", "FSAI plan", "G's structure"}
     assert set(ctx.stats["reused"]) == want
     ksp.view()
     assert "reused from the previous setup (same nonzero structure): ordering" in capfd.readouterr().out
@@ -219,18 +220,24 @@ def test_replaced_operator_inside_fieldsplit_rebuilds_only_what_changed(tiny_poi
     assert "G's structure" in reused[2][1], reused  # the untouched block keeps its structure
 
 
+@pytest.mark.parametrize("level", [1, 2])
 @pytest.mark.parametrize("pc_class", ["FSAIPC", "GCVAEPC"])
-def test_repeated_resetups_with_new_values_equal_fresh_factors(tiny_poisson, pc_class: str) -> None:
-    """Setups 2, 3 and 4 on the same structure with new values (the second keeps the reordered structure,
+def test_repeated_resetups_with_new_values_equal_fresh_factors(tiny_poisson, pc_class: str, level: int) -> None:
+    """Setups 2 to 5 on the same structure with new values (the second keeps the reordered structure,
     the factor's layout and FSAI's plan; the later ones only gather through them) give exactly the factor a
-    fresh preconditioner builds from the same values."""
+    fresh preconditioner builds from the same values.  At level 2 the thresholded pattern of Â² depends on
+    the values: kept while it comes out the same, rebuilt (on the kept symbolic products) when a large
+    shift drops Â²'s small entries -- the factor is a fresh one's either way."""
     A = laplacian_2d(14, comm=PETSc.COMM_SELF, kappa_seed=6)
+    stem = "pc_gcvae_" if pc_class == "GCVAEPC" else "pc_fsai_"
     opts = {"pc_gcvae_model": str(tiny_poisson), "pc_gcvae_guard_threshold": -1} if pc_class == "GCVAEPC" else {}
+    opts[stem + "pattern_level"] = level
     ksp = python_ksp(A, pc_class, **opts)
     ksp.setUp()
-    for k in range(3):
+    nnz_before = ksp.getPC().getPythonContext().G.getInfo()["nz_used"]
+    for k in range(4):
         A.scale(1.5)
-        A.shift(0.1 * (k + 1))
+        A.shift({0: 0.0, 1: 0.2, 2: 0.0, 3: 20.0}[k])  # a scaling keeps Â (and Â²'s thresholded pattern)
         ksp.setOperators(A)
         ksp.setUp()
         fresh = python_ksp(A, pc_class, **opts)
@@ -239,4 +246,13 @@ def test_repeated_resetups_with_new_values_equal_fresh_factors(tiny_poisson, pc_
         diff = G.copy()
         diff.axpy(-1.0, F)
         assert diff.norm() <= 1e-12 * F.norm(), (k, diff.norm())
-        assert {"ordering", "pattern", "G's structure"} <= set(ksp.getPC().getPythonContext().stats["reused"])
+        reused = set(ksp.getPC().getPythonContext().stats["reused"])
+        assert "ordering" in reused and ("G's structure" in reused) == ("pattern" in reused), reused
+        if level == 2:
+            assert "symbolic products" in reused, reused
+            assert ("pattern" in reused) == (G.getInfo()["nz_used"] == nnz_before), (k, reused)
+            if k != 1:  # kept after a pure scaling; the shift of 20 drops entries of Â²
+                assert ("pattern" in reused) == (k != 3), (k, reused)
+        else:
+            assert "pattern" in reused, reused
+        nnz_before = G.getInfo()["nz_used"]

@@ -115,11 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--size-min", type=int, default=8, help="cells per side, smallest")
     ap.add_argument("--size-max", type=int, default=24, help="cells per side, largest")
-    ap.add_argument("--dim", type=int, choices=[2, 3], default=None, help="elasticity: fix the dimension")
+    ap.add_argument("--dim", type=int, choices=[2, 3], default=None,
+                    help="fix the dimension (elasticity, --broad, --stencils: 5-point 2D or 7-point 3D grids)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--broad", action="store_true",
-                    help="the wider distribution: P1-P3, Q1/Q2, 3D, anisotropy, jumps to 1e6, reaction, "
-                         "partial Dirichlet boundaries (pcgcvae.problems.broad_spec)")
+                    help="the wider distribution: P1/P2 and Q1 elements (P3 and Q2 are held out for the "
+                         "foreign suite), 3D, anisotropy, jumps to 1e6, reaction, partial Dirichlet boundaries "
+                         "(pcgcvae.problems.broad_spec)")
     ap.add_argument("--stencils", action="store_true",
                     help="finite-difference diffusion grids instead: 5-point (2D) and 7-point (3D) stencils with "
                          "log-normal, jump or anisotropic coefficients (pcgcvae.problems.stencil_spec; poisson only)")
