@@ -64,23 +64,11 @@ from typing import Any
 
 import numpy as np
 
+from .pc_options import PRECONDITIONERS
 from .stencils import coupled_entries, face_weights
 
 PCS = ["jacobi", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-noguard", "gcvae2-noguard", "gamg"]
-_FSAI = {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC"}
-_GCVAE = {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC"}
-NO_GUARD = {"pc_gcvae_guard_threshold": -1}
-PC_OPTIONS: dict[str, dict[str, Any]] = {
-    "jacobi": {"pc_type": "jacobi"},
-    "icc": {"pc_type": "icc"},
-    "fsai": dict(_FSAI),
-    "fsai2": {**_FSAI, "pc_fsai_pattern_level": 2},
-    "gcvae": dict(_GCVAE),
-    "gcvae2": {**_GCVAE, "pc_gcvae_pattern_level": 2},
-    "gcvae-noguard": {**_GCVAE, **NO_GUARD},
-    "gcvae2-noguard": {**_GCVAE, "pc_gcvae_pattern_level": 2, **NO_GUARD},
-    "gamg": {"pc_type": "gamg"},
-}
+PC_OPTIONS: dict[str, dict[str, Any]] = {name: dict(PRECONDITIONERS[name]) for name in PCS}
 # each GCVAE row and the FSAI row on the same pattern
 SAME_PATTERN = {"gcvae": "fsai", "gcvae2": "fsai2", "gcvae-noguard": "fsai", "gcvae2-noguard": "fsai2"}
 FIELDS = ["problem", "kind", "description", "dofs", "nnz", "block_size", "pc", "iterations", "converged",

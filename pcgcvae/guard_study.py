@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .foreign import NO_GUARD, PC_OPTIONS, Built, _random_rhs, all_cases, run_pc
+from .foreign import PC_OPTIONS, Built, _random_rhs, all_cases, run_pc
 from .guard import DEFAULT_SMOOTH
+from .pc_options import NO_GUARD
 
 STEPS = [10, 20, 40]
 HELDOUT = [  # (family, size, seed): training families at held-out sizes; seeds 71000+ are no training seed
