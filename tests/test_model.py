@@ -240,6 +240,25 @@ def test_log_condition_matches_dense_reference(dataset) -> None:
         ev = np.linalg.eigvalsh(gm @ a @ gm.T)
         assert abs(float(got[k]) - np.log(ev[-1] / ev[0])) < 1e-8 * max(1.0, np.log(ev[-1] / ev[0]))
     assert len(log_condition_per_graph(g, batch, max_n=10)) == 0  # every graph is larger: skipped
+    mask = torch.tensor([k % 2 == 0 for k in range(len(graphs))])  # the graphs a mask leaves in
+    assert torch.equal(log_condition_per_graph(g, batch, 10_000, mask), got[mask])
+
+
+def test_kaporin_only_datasets_leave_the_condition_term(dataset, tmp_path) -> None:
+    """--kaporin-only: the graphs of those datasets carry cond = False (the batch's mask of the condition
+    term), the others True; the index records it; a dataset not among --data is refused."""
+    from torch_geometric.loader import DataLoader
+
+    from pcgcvae.training.train import load_datasets
+
+    graphs, index = load_datasets([dataset], [1], kaporin_only=[dataset])
+    assert all(not bool(g.cond) for g in graphs) and index["datasets"][0]["kaporin_only"]
+    graphs, index = load_datasets([dataset], [1])
+    assert all(bool(g.cond) for g in graphs) and "kaporin_only" not in index["datasets"][0]
+    batch = next(iter(DataLoader(graphs, batch_size=3)))
+    assert batch.cond.shape == (3,) and bool(batch.cond.all())
+    with pytest.raises(ValueError, match="not in --data"):
+        load_datasets([dataset], [1], kaporin_only=[tmp_path])
 
 
 def test_sparse_log_condition_matches_dense(dataset) -> None:

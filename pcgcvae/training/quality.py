@@ -83,10 +83,12 @@ def _extremal_log_condition(gv: torch.Tensor, rows: torch.Tensor, cols: torch.Te
     return torch.log(lam[0]) - torch.log(lam[1].clamp_min(1e-12))
 
 
-def log_condition_per_graph(g: torch.Tensor, data, max_n: int, dense_max_n: int = 1200) -> torch.Tensor:  # noqa: ANN001
-    """log cond(G Â Gᵀ) (differentiable) of every graph of a batch with at most ``max_n`` nodes;
-    graphs above that are skipped.  Dense eigenvalues up to ``dense_max_n`` nodes, sparse extremal
-    eigenvectors with Rayleigh quotients above.  Kaporin is minimised exactly by FSAI, so this is
+def log_condition_per_graph(g: torch.Tensor, data, max_n: int, mask: torch.Tensor | None = None,  # noqa: ANN001
+                            dense_max_n: int = 1200) -> torch.Tensor:
+    """log cond(G Â Gᵀ) (differentiable) of every graph of a batch with at most ``max_n`` nodes
+    (and, with ``mask``, a bool per graph, only the graphs it marks); the others are skipped.
+    Dense eigenvalues up to ``dense_max_n`` nodes, sparse extremal eigenvectors with Rayleigh
+    quotients above.  Kaporin is minimised exactly by FSAI, so this is
     the term that lets a trained factor beat FSAI in CG iterations."""
     ptr = getattr(data, "ptr", None)
     ptr = [0, data.num_nodes] if ptr is None else ptr.tolist()
@@ -94,9 +96,9 @@ def log_condition_per_graph(g: torch.Tensor, data, max_n: int, dense_max_n: int 
     ei, ea = data.edge_index, data.edge_attr
     in_a = ea[:, 2] > 0
     out = []
-    for lo, hi in itertools.pairwise(ptr):
+    for k, (lo, hi) in enumerate(itertools.pairwise(ptr)):
         n = hi - lo
-        if n > max_n or n == 0:
+        if n > max_n or n == 0 or (mask is not None and not bool(mask[k])):
             continue
         ms = (rows >= lo) & (rows < hi)
         me = in_a & (ei[1] >= lo) & (ei[1] < hi)

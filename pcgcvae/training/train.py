@@ -38,7 +38,8 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     """The training loss of a batch and its parts (floats, for logging).
 
     ``cond_weight`` > 0 adds that multiple of the mean log cond(G Â Gᵀ) over the batch's graphs
-    with at most ``cond_max_n`` nodes (dense eigenvalues).
+    with at most ``cond_max_n`` nodes (dense eigenvalues) whose ``cond`` flag is set (all when the
+    batch has none: ``--kaporin-only`` datasets clear it).
     """
     mu_q, lv_q = model.encode(batch)
     mu_p, lv_p = model.prior_params(batch)
@@ -64,24 +65,34 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
         loss = loss + recon * rec
     parts = {}
     if cond_weight > 0:
-        log_cond = log_condition_per_graph(g, batch, cond_max_n)
+        log_cond = log_condition_per_graph(g, batch, cond_max_n, getattr(batch, "cond", None))
         if len(log_cond):
             loss = loss + cond_weight * log_cond.mean().to(loss.dtype)
             parts["log_cond"] = log_cond.mean().item()
     return loss, {"loss": loss.item(), "kaporin_gap": gap.item(), "kl": kl.item(), "recon": rec.item(), **parts}
 
 
-def load_datasets(paths: list[Path], levels: list[int]) -> tuple[list, dict]:
+def load_datasets(paths: list[Path], levels: list[int], kaporin_only: list[Path] = ()) -> tuple[list, dict]:
     """The graphs of several dataset directories and one index describing them all
-    (size range over all; the dataset seed, or the list of seeds)."""
+    (size range over all; the dataset seed, or the list of seeds).  Every graph carries ``cond``
+    (a one-element bool tensor): False for the datasets in ``kaporin_only``, whose graphs the
+    condition-number term leaves out."""
+    unknown = [str(k) for k in kaporin_only if Path(k).resolve() not in {Path(p).resolve() for p in paths}]
+    if unknown:
+        raise ValueError(f"--kaporin-only names datasets that are not in --data: {unknown}")
     graphs, indexes = [], []
+    skip = {Path(k).resolve() for k in kaporin_only}
     for path in paths:
         g, index = load_dataset(path, levels)
+        cond = torch.tensor([Path(path).resolve() not in skip])
+        for graph in g:
+            graph.cond = cond
         graphs += g
-        indexes.append(index)
+        indexes.append({**index, "kaporin_only": not bool(cond)})
     datasets = [{"seed": i["seed"], "count": len(i["samples"]), "size_range": i["size_range"],
                  "broad": bool(i.get("broad", False)), "dim": i.get("dim"),
-                 **({"stencils": True} if i.get("stencils") else {})} for i in indexes]
+                 **({"stencils": True} if i.get("stencils") else {}),
+                 **({"kaporin_only": True} if i["kaporin_only"] else {})} for i in indexes]
     if len(indexes) == 1:
         return graphs, {**indexes[0], "datasets": datasets}
     families = {i["family"] for i in indexes}
@@ -149,7 +160,7 @@ def train(args: argparse.Namespace) -> Path:
         "cpu" if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    graphs, index = load_datasets(args.data, args.levels)
+    graphs, index = load_datasets(args.data, args.levels, args.kaporin_only)
     if index["family"] != args.family:
         raise ValueError(f"--family {args.family}, but the dataset holds {index['family']} problems "
                          f"({' '.join(map(str, args.data))})")
@@ -226,6 +237,7 @@ def train(args: argparse.Namespace) -> Path:
             "epochs": len(history), "lr": args.lr,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
+            "kaporin_only": [str(k) for k in args.kaporin_only],
             "init": None if args.init is None else str(args.init),
             "minutes": round((time.perf_counter() - t_start) / 60, 1), "device": device,
             "package_version": __version__,
@@ -265,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cond-max-n", type=int, default=1200,
                     help="largest graph the condition term is computed on (dense eigenvalues up to 1200 nodes, "
                          "sparse extremal eigenvectors above)")
+    ap.add_argument("--kaporin-only", type=Path, nargs="*", default=[],
+                    help="datasets among --data whose graphs get the Kaporin objective alone (no condition term)")
     ap.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tuning)")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4, help="message-passing layers of the decoder")
