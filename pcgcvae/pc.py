@@ -158,7 +158,6 @@ class SPAIFactorPC:
         self.symmetry_tol = 1e-8
         self.G: PETSc.Mat | None = None
         self.GT: PETSc.Mat | None = None
-        self._trial: dict | None = None  # set by _revise: values, factor, stats, G, Gᵀ it assembled for them
         self._setup_layout: dict | None = None  # this setup's factor layout (see _local_factor)
         self._work: PETSc.Vec | None = None
         self._structure: tuple[tuple, tuple] | None = None  # (sizes and type, digest of G's structure)
@@ -216,15 +215,16 @@ class SPAIFactorPC:
             self._destroy_factor()
             raise
         finally:
-            self._drop_trial()
+            self._end_setup()
 
-    def _drop_trial(self) -> None:
-        """Free what one setup kept for itself: the guard's unused trial factor and the factor layout."""
+    def _end_setup(self) -> None:
+        """Free what one setup kept for itself (the factor layout; subclasses add theirs)."""
         self._setup_layout = None
-        if self._trial is not None:
-            for mat in (self._trial["G"], self._trial["GT"]):
-                mat.destroy()
-            self._trial = None
+
+    def _take_prebuilt(self) -> dict | None:
+        """Subclass hook: this setup's factor already assembled for exactly the values :meth:`_revise`
+        returned (``factor``, ``stats``, ``G``, ``GT``), handed over once; None: assemble it here."""
+        return None
 
     def reset(self, pc: PETSc.PC) -> None:
         self._destroy_factor()
@@ -590,7 +590,7 @@ class SPAIFactorPC:
         g = self._collective(comm, lambda: self._factor_values(prob.ahat, prob.s, prob.a2, prob.block,
                                                                P.getBlockSize()))
         g = self._revise(P, prob, g)
-        trial, self._trial = self._trial, None  # the guard's assembled trial of exactly these values, if any
+        trial = self._take_prebuilt()
         if trial is not None:
             factor, stats, prebuilt = trial["factor"], trial["stats"], (trial["G"], trial["GT"])
         else:
@@ -725,6 +725,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_alphas: list[float] = [1.0]
         self.guard_predictor = DEFAULT_PREDICTOR
         self._guard_cache: dict = {}  # the last decision and what it was made for
+        self._trial: dict | None = None  # the kept candidate of the guard's trials: values, factor, stats, G, Gᵀ
         self._cached_guard: dict | None = None  # this setup's: the cached decision, when it holds
         self.fallback_reason = ""
         self.model = None
@@ -854,6 +855,19 @@ class GCVAEPC(SPAIFactorPC):
                     best, best_score = g, score
         self.stats["sample_scores"] = scores
         return best
+
+    def _take_prebuilt(self) -> dict | None:
+        """The guard's kept candidate, assembled for its short CG run: installed as is (no second assembly)."""
+        trial, self._trial = self._trial, None
+        return trial
+
+    def _end_setup(self) -> None:
+        """Also free the guard's trial factor when the setup failed before installing it."""
+        super()._end_setup()
+        if self._trial is not None:
+            for mat in (self._trial["G"], self._trial["GT"]):
+                mat.destroy()
+            self._trial = None
 
     # -- the guard -------------------------------------------------------------
     def _guard_threshold(self) -> tuple[float | None, str]:
