@@ -169,6 +169,19 @@ class _Plan:
             self.segments.append(sp.csr_array((data, cols, local), shape=(n1 - n0, ne)) if ne else None)
 
 
+def _plan_of(arrays: GraphArrays, dtype: type) -> _Plan:
+    """The graph's :class:`_Plan`, kept in its topology's cache (a function of the edges alone, so a
+    setup with new values on the same structure reuses it)."""
+    cache = arrays.topology.plans if arrays.topology is not None else None
+    key = ("inference", np.dtype(dtype).str)
+    if cache is not None and key in cache:
+        return cache[key]
+    plan = _Plan(arrays, dtype)
+    if cache is not None:
+        cache[key] = plan
+    return plan
+
+
 class _Trunk:
     """Node embedding followed by edge-conditioned convolutions (weights transposed, in the
     weights' floating type)."""
@@ -300,7 +313,7 @@ class NumpyGCVAE:
         if not self.conditional_prior:
             z = np.zeros((n, self.latent), dtype=self.dtype)
             return z, z
-        h = self.prior(arrays, plan or _Plan(arrays, self.dtype))
+        h = self.prior(arrays, plan or _plan_of(arrays, self.dtype))
         out = _linear(h, self.prior_head_w, self.prior_head_b)
         mu, logvar = out[:, : self.latent], out[:, self.latent:]
         return np.ascontiguousarray(mu), np.clip(logvar, -10.0, 6.0)
@@ -308,7 +321,7 @@ class NumpyGCVAE:
     def decode(self, arrays: GraphArrays, z: np.ndarray, plan: _Plan | None = None) -> np.ndarray:
         """Raw values of G on S (``self.dtype``, aligned with ``arrays.s_index``) for the latent ``z``."""
         z = np.ascontiguousarray(z, dtype=self.dtype)
-        h = self.decoder(arrays, plan or _Plan(arrays, self.dtype), z)
+        h = self.decoder(arrays, plan or _plan_of(arrays, self.dtype), z)
         b = h @ self.fh_lin_j
         # the head's node terms overwrite the hidden states block by block (one n x hidden array less)
         a = h if self.fh_lin_i.shape[1] == h.shape[1] else np.empty((len(h), self.fh_lin_i.shape[1]), self.dtype)
@@ -338,7 +351,7 @@ class NumpyGCVAE:
                  rng: np.random.Generator | None = None) -> list[np.ndarray]:
         """Raw factors (``self.dtype``, aligned with ``arrays.s_index``) for ``samples`` latents drawn
         from the prior with ``rng`` (or one factor for the prior mean, ``use_mean``)."""
-        plan = _Plan(arrays, self.dtype)
+        plan = _plan_of(arrays, self.dtype)
         mu, logvar = self.prior_params(arrays, plan)
         if use_mean:
             del logvar  # (n x latent: not needed for the prior mean)

@@ -30,7 +30,7 @@ from petsc4py import PETSc
 
 from .csr import CSR, check_operator, normalise_rows, scale_symmetric, structure_digest
 from .errors import OperatorError, OptionError, PCGCVAEError
-from .features import build_arrays
+from .features import GraphTopology, build_arrays, graph_topology
 from .fsai import FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
 from .guard import (
     DEFAULT_FRACTION,
@@ -452,9 +452,10 @@ class SPAIFactorPC:
         return s, a2
 
     def _new_pattern(self) -> None:
-        """Drop what was built on the previous pattern (FSAI's plan, the factor's layout)."""
+        """Drop what was built on the previous pattern (FSAI's plan, the factor's layout, the graph's topology)."""
         self._pattern_cache.pop("fsai_plan", None)
         self._pattern_cache.pop("layout", None)
+        self._pattern_cache.pop("topology", None)
 
     def _fsai_plan(self, ahat: CSR, s: CSR, block: _LocalBlock, build: bool = True) -> FSAIPlan | None:
         """The :class:`FSAIPlan` of this setup's pattern and owned rows, kept with the pattern (a setup with
@@ -831,7 +832,8 @@ class GCVAEPC(SPAIFactorPC):
                 return self._fsai(ahat, s, block)
 
         with self._timed("graph", "GCVAEGraph"):
-            data = build_arrays(ahat, s, a2_on_s=a2, block_size=block_size)
+            data = build_arrays(ahat, s, a2_on_s=a2, block_size=block_size,
+                                topology=self._topology(ahat, s, block_size))
         rng = np.random.default_rng(self.seed + 7919 * int(block.global_index[0]))
         with self._timed("inference", "GCVAEInference"):
             raws = []
@@ -868,6 +870,17 @@ class GCVAEPC(SPAIFactorPC):
             for mat in (self._trial["G"], self._trial["GT"]):
                 mat.destroy()
             self._trial = None
+
+    def _topology(self, ahat: CSR, s: CSR, block_size: int) -> GraphTopology:
+        """The graph's structure-only part (:func:`pcgcvae.features.graph_topology`), kept with the pattern: a
+        setup with new values on the same structure gathers the features through it (and says so)."""
+        cache = self._pattern_cache
+        kept = cache.get("topology") if "pattern" in self._reused else None
+        if kept is not None and kept.block_size == block_size:
+            self._reused.append("graph topology")
+            return kept
+        cache["topology"] = topology = graph_topology(ahat, s, block_size)
+        return topology
 
     # -- the guard -------------------------------------------------------------
     def _guard_threshold(self) -> tuple[float | None, str]:

@@ -205,7 +205,7 @@ def test_csr_lookup_contains_and_graph_union_match_dense_references() -> None:
     import scipy.sparse as sp
 
     from pcgcvae.csr import CSR
-    from pcgcvae.features import _union_offdiag_edges
+    from pcgcvae.features import graph_topology
 
     n = 300
     r = sp.random(n, n, density=0.02, random_state=2, format="csr")
@@ -225,12 +225,49 @@ def test_csr_lookup_contains_and_graph_union_match_dense_references() -> None:
     np.testing.assert_array_equal(sp.csr_array((part.data, part.indices, part.indptr), shape=(50, n)).toarray(),
                                   dense_a[40:90])
     assert a.take_rows(np.arange(n)) is a
-    edges, values = _union_offdiag_edges(a, s)
+    topology = graph_topology(a, s)
+    edges, pos = topology.edge_index, topology.edge_a_pos
     coo_a, coo_s = a_sp.tocoo(), lower.tocoo()
-    union = set(zip(coo_a.row, coo_a.col)) | set(zip(coo_s.row, coo_s.col)) | set(zip(coo_s.col, coo_s.row))
+    in_a = set(zip(coo_a.row, coo_a.col))
+    union = in_a | set(zip(coo_s.row, coo_s.col)) | set(zip(coo_s.col, coo_s.row))
     want = sorted((i, j) for i, j in union if i != j)
     assert list(zip(edges[1].tolist(), edges[0].tolist())) == want
-    np.testing.assert_array_equal(values, [dense_a[i, j] for i, j in want])
+    assert (pos >= 0).tolist() == [(i, j) in in_a for i, j in want]  # where each edge's value lies in A
+    np.testing.assert_array_equal(np.where(pos >= 0, a.data[np.maximum(pos, 0)], 0.0),
+                                  [dense_a[i, j] for i, j in want])
+
+
+@pytest.mark.parametrize("level,block_size", [(1, 1), (2, 1), (2, 2)])
+def test_graph_topology_kept_for_new_values_gives_the_fresh_arrays(level: int, block_size: int) -> None:
+    """build_arrays on a topology kept from other values of the same structures gives exactly the arrays
+    built from scratch (every feature, edge and pattern array); a topology of another structure is refused."""
+    import scipy.sparse as sp
+
+    from pcgcvae.csr import CSR, scale_symmetric
+    from pcgcvae.features import build_arrays, graph_topology
+    from pcgcvae.pattern import factor_pattern
+    from pcgcvae.petsc_csr import csr_to_mat
+
+    def operator(seed: int) -> CSR:
+        r = sp.random(200, 200, density=0.03, random_state=7, format="csr")  # one structure for every seed
+        r.data = np.random.default_rng(seed).uniform(-1.0, 1.0, r.nnz)
+        m = (r + r.T + 12 * sp.eye(200)).tocsr()
+        m.sort_indices()
+        return scale_symmetric(CSR(m.indptr, m.indices, m.data))[0]
+
+    a1, a2 = operator(1), operator(2)
+    s1, _ = factor_pattern(a1, csr_to_mat(a1), level, 0.0)  # threshold 0: the same pattern for both values
+    s2, sq2 = factor_pattern(a2, csr_to_mat(a2), level, 0.0)
+    assert np.array_equal(s1.indices, s2.indices) and np.array_equal(s1.indptr, s2.indptr)
+    kept = graph_topology(a1, s1, block_size)
+    fresh, reused = build_arrays(a2, s2, sq2, block_size), build_arrays(a2, s2, sq2, block_size, topology=kept)
+    assert reused.topology is kept
+    for name in ("x", "edge_index", "edge_value", "edge_a2", "s_index", "s_value", "s_a2", "s_diag"):
+        want, got = getattr(fresh, name), getattr(reused, name)
+        assert (want is None and got is None) or np.array_equal(want, got), name
+    np.testing.assert_array_equal(fresh.edge_features(), reused.edge_features())
+    with pytest.raises(ValueError, match="topology"):
+        build_arrays(a2, a2.lower() if level > 1 else s2, block_size=block_size + 1, topology=kept)
 
 
 @pytest.mark.parametrize("level", [1, 2])
