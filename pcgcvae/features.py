@@ -99,14 +99,14 @@ def index_dtype(n: int) -> type:
     return np.int32 if n < 2**31 else np.int64
 
 
-def _offdiag_edges(m: CSR) -> np.ndarray:
+def _offdiag_edges(m: CSR) -> tuple[np.ndarray, np.ndarray]:
     """The off-diagonal entries of ``m`` as message edges (2, E) = (source j, target i), in m's
-    (row, column) order."""
+    (row, column) order, and the mask of those entries among m's."""
     rows = m.rows(index_dtype(m.n))
     off = rows != m.indices
     edges = np.empty((2, int(np.count_nonzero(off))), dtype=rows.dtype)
     edges[0], edges[1] = m.indices[off], rows[off]
-    return edges
+    return edges, off
 
 
 def _columns(n: int, columns: Sequence[np.ndarray | float | Callable[[], np.ndarray | float]]) -> np.ndarray:
@@ -169,28 +169,29 @@ def graph_topology(a: CSR, s: CSR, block_size: int = 1) -> GraphTopology:
         deg == 0,  # Dirichlet/identity row
         comp[:, 0], comp[:, 1], comp[:, 2],
     ])
-    edges = _union_offdiag_edges(a, s)
-    sj, ti = edges
+    edges, edge_a_pos = _union_offdiag_edges(a, s)
     s_index = np.empty((2, s.nnz), dtype=index_dtype(n))
     s_index[0], s_index[1] = rs, s.indices
     diag = np.arange(n)
     return GraphTopology(
-        n=n, block_size=block_size, edge_index=edges, edge_a_pos=_positions(a, ti, sj), edge_s_pos=None,
+        n=n, block_size=block_size, edge_index=edges, edge_a_pos=edge_a_pos, edge_s_pos=None,
         s_index=s_index, s_diag=~s_off,
         s_a_pos=_positions(a, rs, s.indices), a_diag_pos=_positions(a, diag, diag), counts=counts)
 
 
-def _union_offdiag_edges(a: CSR, s: CSR) -> np.ndarray:
+def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
     """Message edges (2, E) = (source j, target i) over the off-diagonal entries of
-    pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order."""
+    pattern(A) ∪ S ∪ Sᵀ in sorted (i, j) order, and the position of each in A's values (-1: not in A)."""
     if a.contains(s):  # S ⊆ pattern(A) (level 1, symmetric A): the edges are A's off-diagonal entries
-        return _offdiag_edges(a)
+        edges, off = _offdiag_edges(a)
+        return edges, np.flatnonzero(off).astype(np.int32 if a.nnz < 2**31 - 1 else np.int64)
     ones = np.ones(max(a.nnz, s.nnz))  # pattern sums: every entry >= 1, so none cancels
     sp_s = s.scipy(ones[: s.nnz])
     union = (a.scipy(ones[: a.nnz]) + sp_s + sp_s.T).tocsr()  # scipy's sum (C)
     del ones, sp_s
     union.sort_indices()  # (canonical already: a no-op)
-    return _offdiag_edges(CSR(union.indptr, union.indices, union.data))
+    edges, _ = _offdiag_edges(CSR(union.indptr, union.indices, union.data))
+    return edges, _positions(a, edges[1], edges[0])
 
 
 def _gather(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
