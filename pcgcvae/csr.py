@@ -67,13 +67,25 @@ class CSR:
     def lookup(self, r: np.ndarray, c: np.ndarray, chunk: int = LOOKUP_CHUNK) -> np.ndarray:
         """Values A[r, c] (0 where no entry is stored), of the broadcast shape of ``r`` and ``c``:
         scipy's indexing (a binary search per query in C), ``chunk`` queries at a time."""
+        return self._indexed(self.data, np.float64, r, c, chunk)
+
+    def positions(self, r: np.ndarray, c: np.ndarray, chunk: int = LOOKUP_CHUNK) -> np.ndarray:
+        """Position in ``data`` of each entry (r, c), -1 where none is stored, of the broadcast shape of
+        ``r`` and ``c`` (int32 while nnz fits): :meth:`lookup` of the integers 1..nnz, less 1."""
+        dtype = np.int32 if self.nnz < 2**31 - 1 else np.int64
+        out = self._indexed(np.arange(1, self.nnz + 1, dtype=dtype), dtype, r, c, chunk)
+        out -= 1
+        return out
+
+    def _indexed(self, data: np.ndarray, dtype: type, r: np.ndarray, c: np.ndarray, chunk: int) -> np.ndarray:
+        """``data`` (on this structure) at (r, c), 0 where no entry is stored, ``chunk`` queries at a time."""
         r, c = np.asarray(r), np.asarray(c)
         shape = np.broadcast_shapes(r.shape, c.shape)
         r, c = np.broadcast_to(r, shape).ravel(), np.broadcast_to(c, shape).ravel()
-        out = np.zeros(len(r))
+        out = np.zeros(len(r), dtype=dtype)
         if self.nnz == 0 or len(r) == 0:
             return out.reshape(shape)
-        a = self.scipy()
+        a = self.scipy(data)
         for q0 in range(0, len(r), chunk):
             out[q0:q0 + chunk] = a[r[q0:q0 + chunk], c[q0:q0 + chunk]]
         return out.reshape(shape)

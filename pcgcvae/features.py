@@ -141,15 +141,6 @@ class GraphTopology:
     plans: dict = field(default_factory=dict)
 
 
-def _positions(m: CSR, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Position in ``m.data`` of each entry (r, c), -1 where ``m`` stores none (int32 while it fits)."""
-    dtype = np.int32 if m.nnz < 2**31 - 1 else np.int64
-    if m.nnz == 0:
-        return np.full(len(r), -1, dtype=dtype)
-    marks = m.with_data(np.arange(1, m.nnz + 1, dtype=np.float64))  # position + 1 (exact below 2^53)
-    return (marks.lookup(r, c) - 1).astype(dtype)
-
-
 def graph_topology(a: CSR, s: CSR, block_size: int = 1) -> GraphTopology:
     """The structure-only part of :func:`build_arrays` for Â's and S's nonzero structures."""
     n = a.n
@@ -176,7 +167,7 @@ def graph_topology(a: CSR, s: CSR, block_size: int = 1) -> GraphTopology:
     return GraphTopology(
         n=n, block_size=block_size, edge_index=edges, edge_a_pos=edge_a_pos, edge_s_pos=None,
         s_index=s_index, s_diag=~s_off,
-        s_a_pos=_positions(a, rs, s.indices), a_diag_pos=_positions(a, diag, diag), counts=counts)
+        s_a_pos=a.positions(rs, s.indices), a_diag_pos=a.positions(diag, diag), counts=counts)
 
 
 def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
@@ -191,21 +182,13 @@ def _union_offdiag_edges(a: CSR, s: CSR) -> tuple[np.ndarray, np.ndarray]:
     del ones, sp_s
     union.sort_indices()  # (canonical already: a no-op)
     edges, _ = _offdiag_edges(CSR(union.indptr, union.indices, union.data))
-    return edges, _positions(a, edges[1], edges[0])
+    return edges, a.positions(edges[1], edges[0])
 
 
 def _gather(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """values[positions], 0 where a position is -1."""
     out = values[np.maximum(positions, 0)]
     out[positions < 0] = 0.0
-    return out
-
-
-def _columns(n: int, columns: Sequence[np.ndarray | float | Callable[[], np.ndarray | float]]) -> np.ndarray:
-    """A float32 (n, len(columns)) array filled column by column (no float64 copy of the whole)."""
-    out = np.empty((n, len(columns)), dtype=np.float32)
-    for k, col in enumerate(columns):
-        out[:, k] = col() if callable(col) else col
     return out
 
 
@@ -238,7 +221,7 @@ def build_arrays(a: CSR, s: CSR, a2_on_s: np.ndarray | None = None, block_size: 
     if a2_on_s is not None:
         if topology.edge_s_pos is None:
             sj, ti = topology.edge_index
-            topology.edge_s_pos = _positions(s, np.maximum(ti, sj), np.minimum(ti, sj))
+            topology.edge_s_pos = s.positions(np.maximum(ti, sj), np.minimum(ti, sj))
         edge_a2 = (_gather(a2_on_s, topology.edge_s_pos) * (edge_value == 0)).astype(np.float32)
 
     s_aval = _gather(a.data, topology.s_a_pos)

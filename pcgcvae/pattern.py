@@ -39,8 +39,7 @@ def factor_pattern(ahat: CSR, ahat_mat: PETSc.Mat, level: int, threshold: float,
     if ("tril", level) not in reuse:
         mask = pk.indices <= pk.rows()
         low = pk.select(mask)
-        marks = ahat.with_data(np.arange(1, ahat.nnz + 1, dtype=np.float64))  # position + 1 of Â's entries
-        a_pos = marks.lookup(low.rows(), low.indices).astype(np.int64) - 1  # -1: not stored in Â
+        a_pos = ahat.positions(low.rows(), low.indices)  # -1: not stored in Â
         reuse["tril", level] = (mask, low.indptr, low.indices, a_pos)
     mask, indptr, indices, a_pos = reuse["tril", level]
     low = CSR(indptr, indices, pk.data[mask])  # tril(Â^level)

@@ -200,7 +200,7 @@ def test_csr_indices_are_int32_and_entry_keys_do_not_overflow() -> None:
 
 
 def test_csr_lookup_contains_and_graph_union_match_dense_references() -> None:
-    """CSR.lookup (scipy's indexing, in chunks), CSR.contains, CSR.diagonal, take_rows on a slice and the
+    """CSR.lookup (scipy's indexing, in chunks), CSR.positions, CSR.contains, CSR.diagonal, take_rows on a slice and the
     graph's union pattern(A) ∪ S ∪ Sᵀ (scipy's sum) against dense matrices and Python sets."""
     import scipy.sparse as sp
 
@@ -219,6 +219,10 @@ def test_csr_lookup_contains_and_graph_union_match_dense_references() -> None:
     rows, cols = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
     np.testing.assert_array_equal(a.lookup(rows, cols, chunk=777), dense_a[rows, cols])
     np.testing.assert_array_equal(a.lookup(rows[:, None], cols[None, :8]), dense_a[rows[:, None], cols[None, :8]])
+    stored = sp.csr_matrix((np.ones(a_sp.nnz), a_sp.indices, a_sp.indptr), shape=(n, n)).toarray() > 0
+    pos = a.positions(rows, cols, chunk=777)  # where each entry's value lies in A's data, -1 where none is stored
+    np.testing.assert_array_equal(pos >= 0, stored[rows, cols])
+    np.testing.assert_array_equal(np.where(pos >= 0, a.data[np.maximum(pos, 0)], 0.0), dense_a[rows, cols])
     np.testing.assert_array_equal(a.diagonal(), np.diag(dense_a))
     assert a.contains(a.lower()) and not s.contains(a) and not a.contains(s)
     part = a.take_rows(np.arange(40, 90))
