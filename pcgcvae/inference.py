@@ -50,7 +50,9 @@ ARCHITECTURE_FIELDS = {
     "prior_layers": int,
     "latent": int,
     "conditional_prior": bool,
+    "residual": bool,
 }
+OPTIONAL_ARCHITECTURE = {"residual": False}  # fields that models exported before them lack, and their value
 REQUIRED_META = ("family", "block_sizes", "pattern_levels")
 CHUNK = 1 << 15  # edges (or pattern entries, or nodes) per chunk
 LAYER_NORM_EPS = 1e-5
@@ -96,7 +98,7 @@ def check_architecture(architecture: Any, where: str) -> dict[str, Any]:
     """The architecture dict without its class, checked field by field (CheckpointError otherwise)."""
     if not isinstance(architecture, dict) or architecture.get("class") != "GCVAE":
         raise CheckpointError(f"'{where}' holds an unknown architecture {architecture!r}")
-    arch = {k: v for k, v in architecture.items() if k != "class"}
+    arch = {**OPTIONAL_ARCHITECTURE, **{k: v for k, v in architecture.items() if k != "class"}}
     unknown = sorted(set(arch) - set(ARCHITECTURE_FIELDS))
     missing = sorted(set(ARCHITECTURE_FIELDS) - set(arch))
     if unknown or missing:
@@ -305,6 +307,7 @@ class NumpyGCVAE:
         self.fh_lin_s = _transposed(w["factor_head.lin_s.weight"])
         self.fh_out = np.ascontiguousarray(w["factor_head.out.weight"][0])
         self.fh_out_b = self.dtype(w["factor_head.out.bias"][0])
+        self.residual = arch["residual"]
 
     # -- the two distributions ------------------------------------------------------
     def prior_params(self, arrays: GraphArrays, plan: _Plan | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -318,8 +321,12 @@ class NumpyGCVAE:
         mu, logvar = out[:, : self.latent], out[:, self.latent:]
         return np.ascontiguousarray(mu), np.clip(logvar, -10.0, 6.0)
 
-    def decode(self, arrays: GraphArrays, z: np.ndarray, plan: _Plan | None = None) -> np.ndarray:
-        """Raw values of G on S (``self.dtype``, aligned with ``arrays.s_index``) for the latent ``z``."""
+    def decode(self, arrays: GraphArrays, z: np.ndarray, plan: _Plan | None = None,
+               base: np.ndarray | None = None) -> np.ndarray:
+        """Raw values of G on S (``self.dtype``, aligned with ``arrays.s_index``) for the latent ``z``;
+        a residual model (``self.residual``) corrects ``base``, FSAI's values on S (required then)."""
+        if self.residual and (base is None or len(base) != len(arrays.s_index[0])):
+            raise ValueError("a residual GCVAE needs FSAI's values on the pattern (base), one per entry of S")
         z = np.ascontiguousarray(z, dtype=self.dtype)
         h = self.decoder(arrays, plan or _plan_of(arrays, self.dtype), z)
         b = h @ self.fh_lin_j
@@ -344,13 +351,18 @@ class NumpyGCVAE:
         out += self.fh_out_b
         diag = arrays.s_diag
         out[diag] = np.exp(np.clip(out[diag], -20.0, 20.0))
+        if self.residual:  # G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
+            out[diag] *= base[diag]
+            off = ~diag
+            out[off] += base[off]
         return out
 
     # -- generation ---------------------------------------------------------------------
     def generate(self, arrays: GraphArrays, samples: int = 1, use_mean: bool = False,
-                 rng: np.random.Generator | None = None) -> list[np.ndarray]:
+                 rng: np.random.Generator | None = None, base: np.ndarray | None = None) -> list[np.ndarray]:
         """Raw factors (``self.dtype``, aligned with ``arrays.s_index``) for ``samples`` latents drawn
-        from the prior with ``rng`` (or one factor for the prior mean, ``use_mean``)."""
+        from the prior with ``rng`` (or one factor for the prior mean, ``use_mean``); ``base``: FSAI's
+        values on S, which a residual model corrects."""
         plan = _plan_of(arrays, self.dtype)
         mu, logvar = self.prior_params(arrays, plan)
         if use_mean:
@@ -365,7 +377,7 @@ class NumpyGCVAE:
                 z = rng.standard_normal(mu.shape, dtype=self.dtype)
                 z *= np.exp(0.5 * logvar)
                 z += mu
-            out.append(self.decode(arrays, z, plan))
+            out.append(self.decode(arrays, z, plan, base))
         return out
 
 

@@ -729,6 +729,7 @@ class GCVAEPC(SPAIFactorPC):
         self._guard_cache: dict = {}  # the last decision and what it was made for
         self._trial: dict | None = None  # the kept candidate of the guard's trials: values, factor, stats, G, Gᵀ
         self._cached_guard: dict | None = None  # this setup's: the cached decision, when it holds
+        self._setup_fsai: np.ndarray | None = None  # this setup's FSAI values (a residual model's base)
         self.fallback_reason = ""
         self.model = None
         self.model_info: dict = {}
@@ -832,6 +833,13 @@ class GCVAEPC(SPAIFactorPC):
             with self._timed("fsai", "FSAIFactor"):
                 return self._fsai(ahat, s, block)
 
+        base = None
+        if self.model.residual:  # the network corrects FSAI's factor: FSAI first (the guard reuses it)
+            with self._timed("fsai", "FSAIFactor"):
+                base = self._setup_fsai = self._fsai(ahat, s, block)
+            base = base.copy()
+            halo = np.setdiff1d(np.arange(s.n), block.owned)  # overlap rows: FSAI leaves them 0, G = I there
+            base[s.indptr[halo + 1] - 1] = 1.0
         with self._timed("graph", "GCVAEGraph"):
             data = build_arrays(ahat, s, a2_on_s=a2, block_size=block_size,
                                 topology=self._topology(ahat, s, block_size))
@@ -839,10 +847,10 @@ class GCVAEPC(SPAIFactorPC):
         with self._timed("inference", "GCVAEInference"):
             raws = []
             if self.latent == "mean":
-                raws += self.model.generate(data, use_mean=True)
+                raws += self.model.generate(data, use_mean=True, base=base)
             rest = self.samples - len(raws)
             if rest > 0:
-                raws += self.model.generate(data, samples=rest, rng=rng)
+                raws += self.model.generate(data, samples=rest, rng=rng, base=base)
         del data  # the graph's feature arrays (~0.5 GB at 10^6 dofs) are not needed by the selection
         best, best_score, scores = None, np.inf, []
         with self._timed("selection", "GCVAESelect"):
@@ -867,6 +875,7 @@ class GCVAEPC(SPAIFactorPC):
     def _end_setup(self) -> None:
         """Also free the guard's trial factor when the setup failed before installing it."""
         super()._end_setup()
+        self._setup_fsai = None
         if self._trial is not None:
             for mat in (self._trial["G"], self._trial["GT"]):
                 mat.destroy()
@@ -978,6 +987,9 @@ class GCVAEPC(SPAIFactorPC):
                 "alpha": 0.0, "fired": True, "signal": "ratio threshold 0", "predecided": True}
 
     def _fsai_everywhere(self, comm: PETSc.Comm, prob: _LocalProblem) -> np.ndarray:
+        """FSAI's values on this setup's pattern (every rank; a residual model's base when built already)."""
+        if comm.tompi4py().allreduce(self._setup_fsai is not None, op=MPI.LAND):
+            return self._setup_fsai
         with self._timed("fsai", "FSAIFactor"):
             return self._collective(comm, lambda: self._fsai(prob.ahat, prob.s, prob.block))
 

@@ -457,3 +457,38 @@ def test_whole_solves_decide_on_small_problems(capfd) -> None:
     with pytest.raises(PETSc.Error) as info:
         _setup(A, pc_gcvae_guard_full_rows=-1)
     assert "guard_full_rows" in str(info.value) or "guard_full_rows" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_residual_model_starts_from_fsai_and_shares_it_with_the_guard(tiny_poisson, tmp_path, monkeypatch,
+                                                                     overlap: int) -> None:
+    """A residual model (GCVAEConfig.residual) with a zero correction builds exactly FSAI's factor, with
+    and without overlap; the guard reuses the FSAI values the network corrected (FSAI built once)."""
+    import torch
+
+    from pcgcvae.training.checkpoint import load_checkpoint, save_checkpoint
+    from pcgcvae.training.export import export
+
+    model, info = load_checkpoint(tiny_poisson)
+    model.config.residual = True
+    with torch.no_grad():
+        for p in model.factor_head.out.parameters():
+            p.zero_()
+    save_checkpoint(tmp_path / "residual.pt", model, info["meta"])
+    npz = export(tmp_path / "residual.pt")
+    A = laplacian_2d(40, comm=PETSc.COMM_SELF, kappa_seed=3)
+    _fsai_ksp, fsai = _setup(A, "FSAIPC", pc_fsai_ordering="nd", pc_fsai_overlap=overlap)  # (kept alive)
+    import pcgcvae.pc
+
+    calls = []
+    real = pcgcvae.pc.fsai_values
+    monkeypatch.setattr(pcgcvae.pc, "fsai_values", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for guard in ({"pc_gcvae_guard_threshold": -1}, SHORT):
+        calls.clear()
+        _ksp, ctx = _setup(A, pc_gcvae_model=str(npz), pc_gcvae_overlap=overlap, **guard)
+        assert len(calls) == 1  # the network's base; the guard's spectral check takes the same values
+        diff = ctx.G.copy()
+        diff.axpy(-1.0, fsai.G)
+        assert diff.norm() < 1e-6 * fsai.G.norm()
+        assert ctx.stats["kaporin"] == pytest.approx(fsai.stats["kaporin"], abs=1e-6)
+    assert ctx.stats["guard"]["trials"][1.0]["ratio"] == pytest.approx(1.0, abs=1e-3)

@@ -223,6 +223,34 @@ def test_float64_equals_torch_random_graphs(config: dict) -> None:
         compare_float64(model, ahat, s, None if k == 1 else a2, bs=1 + k, seed=k)
 
 
+def test_residual_model_corrects_fsai() -> None:
+    """A residual model (GCVAEConfig.residual) corrects FSAI's values on S: NumPy = torch with the same base;
+    an untrained (zero) correction gives FSAI itself; without FSAI's values it refuses; an architecture
+    without the field (models exported before it) reads as a non-residual one."""
+    from pcgcvae.fsai import fsai_values
+
+    model = random_model(7, residual=True)
+    net = to_numpy(model)
+    assert net.residual
+    ahat, s, a2 = random_problem(90, seed=4, extra=0.05)
+    base = fsai_values(ahat, s)
+    data = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base)
+    arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=1)
+    (mean_np,) = net.generate(arrays, use_mean=True, base=base)
+    (mean_t,) = model.generate(data, use_mean=True)
+    assert_close(mean_np, mean_t.numpy())
+    assert not np.allclose(mean_np, base, rtol=1e-3)
+    with torch.no_grad():
+        for p in model.factor_head.out.parameters():
+            p.zero_()
+    (untrained,) = to_numpy(model).generate(arrays, use_mean=True, base=base)
+    np.testing.assert_allclose(untrained, base, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="FSAI's values"):
+        net.generate(arrays, use_mean=True)
+    arch = {k: v for k, v in model.config.to_dict().items() if k != "residual"}
+    assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["residual"] is False
+
+
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_float64_equals_torch_shipped_models(real_graphs, name: str) -> None:
     """The same on a shipped model's real input (Firedrake graphs of its block size, levels 1 and 2)."""

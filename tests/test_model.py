@@ -199,7 +199,10 @@ def test_shipped_models(name: str, block_sizes: list[int]) -> None:
     path = Path(pcgcvae.__file__).parent / "models" / f"{name}.pt"
     assert path.stat().st_size < 5 * 2**20
     model, info = load_model(name)
-    assert {"class": "GCVAE", **model.config.to_dict()} == info["architecture"]  # the architecture is recorded
+    from pcgcvae.inference import OPTIONAL_ARCHITECTURE
+
+    # the architecture is recorded (fields added since, such as residual, at their default when absent)
+    assert {"class": "GCVAE", **model.config.to_dict()} == {**OPTIONAL_ARCHITECTURE, **info["architecture"]}
     meta = info["meta"]
     assert meta["family"] == name and meta["block_sizes"] == block_sizes and meta["pattern_levels"] == [1, 2]
     assert meta["training"]["package_version"] and meta["training"]["epochs"] > 0

@@ -9,7 +9,11 @@ is what is sampled for an unseen matrix.  Latents are per node, so one model
 serves every mesh size.
 
 The decoder output is a residual about the identity: an untrained decoder
-gives G = I, i.e. exactly Jacobi after the diagonal scaling.
+gives G = I, i.e. exactly Jacobi after the diagonal scaling.  With
+``residual=True`` it is a residual about classical FSAI on the same pattern
+instead (the graph's ``target``): G_ij = F_ij + out_ij off the diagonal,
+G_ii = F_ii exp(out_ii), so an untrained decoder gives FSAI itself and the
+network learns only a correction to it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class GCVAEConfig:
     prior_layers: int = 2
     latent: int = 4
     conditional_prior: bool = True
+    residual: bool = False  # the decoder corrects FSAI's factor (the graph's target) instead of the identity
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +210,11 @@ class GCVAE(nn.Module):
     def decode(self, data: FactorGraph, z: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) values of G on S, aligned with ``data.s_index``."""
         h = self.decoder(torch.cat([data.x, z], -1), data.edge_index, data.edge_attr)
-        return self.factor_head(h, data.s_index, data.s_attr, data.s_diag)
+        out = self.factor_head(h, data.s_index, data.s_attr, data.s_diag)
+        if self.config.residual:  # about FSAI's factor F: G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
+            base = data.target.to(out.dtype)
+            return torch.where(data.s_diag, base * out, base + out)
+        return out
 
     # -- generation ------------------------------------------------------------
     @torch.no_grad()

@@ -171,9 +171,13 @@ def train(args: argparse.Namespace) -> Path:
     train_set = [graphs[i] for i in order[n_val:]]
     if args.init is not None:  # fine-tune: architecture and weights from a checkpoint
         model = load_checkpoint(args.init)[0].train().to(device)
+        if args.residual and not model.config.residual:  # its trunks, a zero correction to FSAI to start from
+            model.config.residual = True
+            torch.nn.init.zeros_(model.factor_head.out.weight)
+            torch.nn.init.zeros_(model.factor_head.out.bias)
     else:
         config = GCVAEConfig(hidden=args.hidden, decoder_layers=args.layers, prior_layers=args.prior_layers,
-                             latent=args.latent)
+                             latent=args.latent, residual=args.residual)
         model = GCVAE(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path = Path(f"{args.out}.state")
@@ -280,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kaporin-only", type=Path, nargs="*", default=[],
                     help="datasets among --data whose graphs get the Kaporin objective alone (no condition term)")
     ap.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tuning)")
+    ap.add_argument("--residual", action="store_true",
+                    help="the decoder corrects FSAI's factor instead of the identity (with --init: that network's "
+                         "trunks and a zero correction to start from)")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4, help="message-passing layers of the decoder")
     ap.add_argument("--prior-layers", type=int, default=2, help="message-passing layers of the conditional prior")
