@@ -908,7 +908,8 @@ class GCVAEPC(SPAIFactorPC):
         """The guard (collective; one decision for every rank).
 
         1. Rows: the factor's Kaporin gap to FSAI on the same pattern, estimated from a random
-           sample of every rank's rows (:mod:`pcgcvae.guard`); above the threshold FSAI is built
+           sample of every rank's rows (:mod:`pcgcvae.guard`; exact, from every row, for a residual
+           model, whose FSAI values are at hand); above the threshold FSAI is built
            instead and nothing else is tried.
         2. Spectrum (``-pc_gcvae_guard_steps`` > 0): FSAI is built on every row, and each candidate
            G(α) = G_FSAI + α (G_GCVAE − G_FSAI) (α = 0, FSAI itself, and ``-pc_gcvae_guard_alphas``,
@@ -1009,7 +1010,7 @@ class GCVAEPC(SPAIFactorPC):
         seed = self.seed + 104729 * (comm.getRank() + 1)
         with self._timed("guard", "GCVAEGuard"):
             mine = self._collective(comm, lambda: local_sample(prob.ahat, prob.s, g, prob.block.owned,
-                                                               self.guard_fraction, seed))
+                                                               self.guard_fraction, seed, self._setup_fsai))
             samples = comm.tompi4py().allgather(mine)
             estimate = combine(samples)
         guard = {"estimate": estimate, "threshold": threshold, "source": source,

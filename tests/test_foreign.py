@@ -27,6 +27,7 @@ TRAINING_DATASETS = [
     ("poisson", 160, 8, 28, 0, None, False, False),
     ("poisson", 160, 8, 28, 1, None, True, False),
     ("elasticity", 120, 4, 14, 0, None, False, False),
+    ("elasticity", 120, 4, 14, 1, None, True, False),
 ]
 
 

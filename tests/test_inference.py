@@ -120,9 +120,18 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 2e-5) -
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
+def fsai_base(model: GCVAE, ahat: CSR, s: CSR) -> np.ndarray | None:
+    """FSAI's values on S for a residual model (what it corrects), else None."""
+    from pcgcvae.fsai import fsai_values
+
+    return fsai_values(ahat, s) if model.config.residual else None
+
+
 def compare(model: GCVAE, net: NumpyGCVAE, ahat: CSR, s: CSR, a2: np.ndarray | None, bs: int, seed: int) -> None:
-    """Prior, decoder on a fixed z, generate (mean and sampled) of both implementations agree."""
-    data = build_graph(ahat, s, a2_on_s=a2, block_size=bs)
+    """Prior, decoder on a fixed z, generate (mean and sampled) of both implementations agree (a residual
+    model corrects FSAI's values on S, given to both)."""
+    base = fsai_base(model, ahat, s)
+    data = build_graph(ahat, s, a2_on_s=a2, block_size=bs, target=base)
     arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=bs)
     with torch.no_grad():
         mu_t, logvar_t = model.prior_params(data)
@@ -130,13 +139,13 @@ def compare(model: GCVAE, net: NumpyGCVAE, ahat: CSR, s: CSR, a2: np.ndarray | N
         assert_close(mu, mu_t.numpy())
         assert_close(logvar, logvar_t.numpy())
         z = torch.randn(ahat.n, model.config.latent, generator=torch.Generator().manual_seed(seed))
-        assert_close(net.decode(arrays, z.numpy()), model.decode(data, z).numpy())
-    (mean_np,) = net.generate(arrays, use_mean=True)
+        assert_close(net.decode(arrays, z.numpy(), base=base), model.decode(data, z).numpy())
+    (mean_np,) = net.generate(arrays, use_mean=True, base=base)
     (mean_t,) = model.generate(data, use_mean=True)
     assert_close(mean_np, mean_t.numpy())
     assert np.all(mean_np[arrays.s_diag] > 0)
     # sampled latents: z = mu + exp(logvar / 2) eps, eps from the generator given
-    samples = net.generate(arrays, samples=2, rng=np.random.default_rng(seed))
+    samples = net.generate(arrays, samples=2, rng=np.random.default_rng(seed), base=base)
     rng = np.random.default_rng(seed)
     for got in samples:
         eps = rng.standard_normal(mu.shape, dtype=np.float32)
@@ -195,7 +204,10 @@ def compare_float64(model: GCVAE, ahat: CSR, s: CSR, a2: np.ndarray | None, bs: 
     arch = model.config.to_dict()
     state = model.state_dict()
     net = NumpyGCVAE({k: state[k].double().numpy() for k in inference_weight_shapes(arch)}, arch, dtype=np.float64)
-    model64, data = to_float64(model, build_graph(ahat, s, a2_on_s=a2, block_size=bs))
+    base = fsai_base(model, ahat, s)
+    model64, data = to_float64(model, build_graph(ahat, s, a2_on_s=a2, block_size=bs, target=base))
+    if base is not None:
+        data.target = torch.from_numpy(base)
     arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=bs)
     with torch.no_grad():
         mu_t, logvar_t = model64.prior_params(data)
@@ -206,8 +218,8 @@ def compare_float64(model: GCVAE, ahat: CSR, s: CSR, a2: np.ndarray | None, bs: 
             assert rel_diff(logvar, logvar_t.numpy()) <= 1e-10
         z = torch.randn(ahat.n, model.config.latent, generator=torch.Generator().manual_seed(seed),
                         dtype=torch.float64)
-        assert rel_diff(net.decode(arrays, z.numpy()), model64.decode(data, z).numpy()) <= 1e-10
-    (mean_np,) = net.generate(arrays, use_mean=True)
+        assert rel_diff(net.decode(arrays, z.numpy(), base=base), model64.decode(data, z).numpy()) <= 1e-10
+    (mean_np,) = net.generate(arrays, use_mean=True, base=base)
     (mean_t,) = model64.generate(data, use_mean=True)
     assert mean_np.dtype == np.float64
     assert rel_diff(mean_np, mean_t.numpy()) <= 1e-10
