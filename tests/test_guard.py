@@ -468,10 +468,11 @@ def test_whole_solves_decide_on_small_problems(capfd) -> None:
 
 
 @pytest.mark.parametrize("overlap", [0, 1])
-def test_residual_model_starts_from_fsai_and_shares_it_with_the_guard(tiny_poisson, tmp_path, monkeypatch,
+def test_residual_model_starts_from_fsai_and_shares_it_with_the_guard(tiny_poisson, tmp_path, monkeypatch, capfd,
                                                                      overlap: int) -> None:
     """A residual model (GCVAEConfig.residual) with a zero correction builds exactly FSAI's factor, with
-    and without overlap; the guard reuses the FSAI values the network corrected (FSAI built once)."""
+    and without overlap; the guard reuses the FSAI values the network corrected (FSAI built once); -ksp_view
+    says the model is residual."""
     import torch
 
     from pcgcvae.training.checkpoint import load_checkpoint, save_checkpoint
@@ -503,3 +504,6 @@ def test_residual_model_starts_from_fsai_and_shares_it_with_the_guard(tiny_poiss
     # the Kaporin gap from every row, without FSAI solves of its own: the exact gap (0 here)
     assert ctx.stats["guard"]["rows"] == ctx.stats["guard"]["of"] == 1600
     assert ctx.stats["guard"]["estimate"] == pytest.approx(0.0, abs=1e-6)
+    capfd.readouterr()
+    _ksp.view()
+    assert "residual: corrects classical FSAI's factor on the same pattern" in capfd.readouterr().out
