@@ -837,9 +837,11 @@ class GCVAEPC(SPAIFactorPC):
         if self.model.residual:  # the network corrects FSAI's factor: FSAI first (the guard reuses it)
             with self._timed("fsai", "FSAIFactor"):
                 base = self._setup_fsai = self._fsai(ahat, s, block)
-            base = base.copy()
-            halo = np.setdiff1d(np.arange(s.n), block.owned)  # overlap rows: FSAI leaves them 0, G = I there
-            base[s.indptr[halo + 1] - 1] = 1.0
+                if len(block.owned) < s.n:  # overlap rows: FSAI leaves them 0; the network corrects G = I there
+                    halo = np.ones(s.n, dtype=bool)
+                    halo[block.owned] = False
+                    base = base.copy()
+                    base[s.indptr[np.flatnonzero(halo) + 1] - 1] = 1.0
         with self._timed("graph", "GCVAEGraph"):
             data = build_arrays(ahat, s, a2_on_s=a2, block_size=block_size,
                                 topology=self._topology(ahat, s, block_size))
