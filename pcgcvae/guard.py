@@ -62,12 +62,13 @@ def sample_rows(owned: np.ndarray, fraction: float, seed: int, min_rows: int = M
     return np.asarray(owned)[np.sort(pick)]
 
 
-def row_gaps(ahat: CSR, s: CSR, g: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def row_gaps(ahat: CSR, s: CSR, g: np.ndarray, rows: np.ndarray, fsai: np.ndarray | None = None) -> np.ndarray:
     """Per-row Kaporin gaps -2 log G_ii + 2 log F_ii of the row-normalised factor values
-    ``g`` (aligned with ``s.data``) to FSAI on the same pattern, for ``rows`` of ``s``."""
+    ``g`` (aligned with ``s.data``) to FSAI on the same pattern, for ``rows`` of ``s``
+    (``fsai``: FSAI's values on S when at hand, else solved for those rows)."""
     if len(rows) == 0:
         return np.zeros(0)
-    f = fsai_values(ahat, s, rows=rows)
+    f = fsai_values(ahat, s, rows=rows) if fsai is None else fsai
     diag = s.indptr[np.asarray(rows) + 1] - 1
     return 2.0 * (np.log(f[diag]) - np.log(g[diag]))
 
@@ -76,12 +77,8 @@ def local_sample(ahat: CSR, s: CSR, g: np.ndarray, owned: np.ndarray, fraction: 
                  seed: int, fsai: np.ndarray | None = None) -> GuardSample:
     """This rank's :class:`GuardSample` of the factor values ``g``; with FSAI's values on S at hand
     (``fsai``: a residual model's base) every owned row's gap is exact and costs no FSAI solve."""
-    if fsai is not None:
-        diag = s.indptr[np.asarray(owned) + 1] - 1
-        gaps = 2.0 * (np.log(fsai[diag]) - np.log(g[diag]))
-        return GuardSample(float(np.sum(gaps)), len(owned), len(owned))
-    rows = sample_rows(owned, fraction, seed)
-    gaps = row_gaps(ahat, s, g, rows)
+    rows = np.asarray(owned) if fsai is not None else sample_rows(owned, fraction, seed)
+    gaps = row_gaps(ahat, s, g, rows, fsai)
     return GuardSample(float(np.sum(gaps)), len(rows), len(owned))
 
 
