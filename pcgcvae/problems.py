@@ -71,10 +71,12 @@ class ProblemSpec:
 
 def random_spec(family: str, size: int, seed: int, dim: int | None = None,
                 degree: int | None = None, mesh: str | None = None, broad: bool = False,
-                stencils: bool = False) -> ProblemSpec:
+                stencils: bool = False, mass: bool = False) -> ProblemSpec:
     """Draw the parameters of one problem of ``family`` from ``seed`` (``broad``: the wider
     distribution of :func:`broad_spec`; ``stencils``: the finite-difference grids of
-    :func:`stencil_spec`)."""
+    :func:`stencil_spec`; ``mass``: the mass-dominated operators of :func:`mass_spec`)."""
+    if mass:
+        return mass_spec(family, size, seed, dim=dim)
     if stencils:
         return stencil_spec(family, size, seed, dim=dim)
     if broad:
@@ -139,6 +141,21 @@ def broad_spec(family: str, size: int, seed: int, dim: int | None = None) -> Pro
     else:
         params["nu"] = float(rng.uniform(0.2, 0.49))
     return ProblemSpec(family, size, degree=degree, mesh=mesh, dim=d, seed=seed, params=params)
+
+
+def mass_spec(family: str, size: int, seed: int, dim: int | None = None) -> ProblemSpec:
+    """One mass-dominated (reaction-diffusion) Poisson problem: the broad draw of ``seed``
+    (:func:`broad_spec`: elements, meshes, dimension, coefficients) with a reaction term c u,
+    c = 10^U(2, 6), so that c h² ranges from a tenth of the diffusion to thousands of times it
+    (8-28 cells per side), and any of the boundary conditions, Neumann included.  Where the mass
+    term dominates, FSAI is nearly exact and a learned correction should vanish.  Drawn from the
+    stream ``(seed, 3)``; Poisson only."""
+    if family != "poisson":
+        raise ValueError(f"mass-dominated problems are scalar reaction-diffusion: family poisson, not {family}")
+    base = broad_spec(family, size, seed, dim=dim)
+    rng = np.random.default_rng([seed, 3])
+    params = {**base.params, "reaction": float(10 ** rng.uniform(2, 6)), "bc": str(rng.choice(BOUNDARY_CONDITIONS))}
+    return ProblemSpec(family, base.size, degree=base.degree, mesh=base.mesh, dim=base.dim, seed=seed, params=params)
 
 
 def stencil_spec(family: str, size: int, seed: int, dim: int | None = None) -> ProblemSpec:

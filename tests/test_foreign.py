@@ -21,13 +21,13 @@ FULL_RUN = ROOT / "docs" / "bench-foreign" / "foreign.json"
 # the `python -m pcgcvae.training.dataset` commands of their cards (broad: `--broad`).
 # test_training_datasets_match_the_shipped_models fails when a retrained model records other data:
 # then list its dataset commands here.
-# (family, count, smallest size, largest size, dataset seed, dim, broad, stencils): the arguments of
+# (family, count, smallest size, largest size, dataset seed, dim, broad, stencils, mass): the arguments of
 # python -m pcgcvae.training.dataset for every dataset a shipped model was trained on
 TRAINING_DATASETS = [
-    ("poisson", 160, 8, 28, 0, None, False, False),
-    ("poisson", 160, 8, 28, 1, None, True, False),
-    ("elasticity", 120, 4, 14, 0, None, False, False),
-    ("elasticity", 120, 4, 14, 1, None, True, False),
+    ("poisson", 160, 8, 28, 0, None, False, False, False),
+    ("poisson", 160, 8, 28, 1, None, True, False, False),
+    ("elasticity", 120, 4, 14, 0, None, False, False, False),
+    ("elasticity", 120, 4, 14, 1, None, True, False, False),
 ]
 
 
@@ -123,9 +123,10 @@ def training_fingerprints(tmp_path: Path, monkeypatch) -> dict[int, list[dict]]:
         return {"indptr": a.indptr, **{f"s{lv}_score": np.array(0.0) for lv in dataset.LEVELS}}
 
     monkeypatch.setattr(dataset, "prepare_sample", fake_prepare)
-    for family, count, lo, hi, seed, dim, broad, stencils in TRAINING_DATASETS:
-        index = dataset.generate(family, count, lo, hi, seed=seed, out=tmp_path / f"{family}-{seed}-{broad}-{stencils}",
-                                 progress=False, dim=dim, broad=broad, stencils=stencils)
+    for family, count, lo, hi, seed, dim, broad, stencils, mass in TRAINING_DATASETS:
+        index = dataset.generate(family, count, lo, hi, seed=seed,
+                                 out=tmp_path / f"{family}-{seed}-{broad}-{stencils}-{mass}", progress=False, dim=dim,
+                                 broad=broad, stencils=stencils, mass=mass)
         assert len(index) == count
     assert sum(len(v) for v in seen.values()) == sum(d[1] for d in TRAINING_DATASETS)
     return seen
@@ -141,11 +142,12 @@ def test_training_datasets_match_the_shipped_models() -> None:
         meta = load_model(name)[1]["meta"]
         tr, fam = meta["training"], meta["family"]
         if tr.get("datasets"):  # recorded per dataset since the broad retraining
-            mine = {(fam, d["count"], *d["size_range"], d["seed"], d["dim"], d["broad"], d.get("stencils", False))
+            mine = {(fam, d["count"], *d["size_range"], d["seed"], d["dim"], d["broad"], d.get("stencils", False),
+                     d.get("mass", False))
                     for d in tr["datasets"]}
         else:  # one default dataset
             seed = tr["dataset_seed"][0] if isinstance(tr["dataset_seed"], list) else tr["dataset_seed"]
-            mine = {(fam, tr["samples"], *tr["size_range"], seed, None, False, False)}
+            mine = {(fam, tr["samples"], *tr["size_range"], seed, None, False, False, False)}
         assert mine <= set(TRAINING_DATASETS), (name, mine)
         assert tr["samples"] == sum(d[1] for d in mine), name
         assert tr["size_range"] == [min(d[2] for d in mine), max(d[3] for d in mine)], name
@@ -208,6 +210,33 @@ def test_generator_refuses_the_held_out_families() -> None:
                 check_trainable(spec)
                 drawn.add((spec.mesh in ("quad", "hex"), spec.degree))
     assert (True, 1) in drawn and (False, 2) in drawn  # Q1 and P2 are drawn: the check is not vacuous
+
+
+def test_mass_generator_draws_mass_dominated_problems() -> None:
+    """``--mass`` (pcgcvae.problems.mass_spec): the broad draw's elements and meshes with a reaction
+    term of 1e2-1e6 and every boundary condition, the same problem for the same seed; the mass term
+    dominates the operator's diagonal on the strongest draws; Poisson only, P3 / Q2 never drawn."""
+    from pcgcvae.problems import BOUNDARY_CONDITIONS, build_problem, check_trainable, random_spec
+
+    bcs, reactions, dims = set(), [], set()
+    for seed in range(60):
+        spec = random_spec("poisson", 10, seed=seed, mass=True)
+        check_trainable(spec)
+        bcs.add(spec.params["bc"])
+        reactions.append(spec.params["reaction"])
+        dims.add(spec.dim)
+        assert spec == random_spec("poisson", 10, seed=seed, mass=True)
+    assert bcs == set(BOUNDARY_CONDITIONS) and dims == {2, 3}
+    assert 1e2 <= min(reactions) and max(reactions) <= 1e6 and max(reactions) > 1e5
+    spec = random_spec("poisson", 6, seed=0, mass=True)
+
+    def diagonal(reaction: float) -> np.ndarray:
+        changed = type(spec)(**{**spec.to_dict(), "params": {**spec.params, "reaction": reaction}})
+        return build_problem(changed).assemble_matrix().getDiagonal().getArray()
+
+    assert np.median(diagonal(1e6) / diagonal(0.0)) > 10  # the mass term dominates: the generator's point
+    with pytest.raises(ValueError, match="family poisson"):
+        random_spec("elasticity", 10, seed=0, mass=True)
 
 
 def test_stencil_generator_draws_five_and_seven_point_problems() -> None:

@@ -110,6 +110,7 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
     # problem k: drawn like dataset k mod len(datasets)
     broad = [bool(d.get("broad")) for d in datasets]
     stencils = [bool(d.get("stencils")) for d in datasets]
+    mass = [bool(d.get("mass")) for d in datasets]
     ordering = recorded_ordering(meta)
     rng = np.random.default_rng(SEED_BASE)
     draw_lo, draw_hi = size_range or (lo, hi)
@@ -120,10 +121,11 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
         if seed in used:
             raise RuntimeError(f"calibration seed {seed} is a training seed; change SEED_BASE")
         kind = k % len(datasets)
-        spec = random_spec(family, size, seed=seed, broad=broad[kind], stencils=stencils[kind])
+        spec = random_spec(family, size, seed=seed, broad=broad[kind], stencils=stencils[kind], mass=mass[kind])
         P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
         row = {"seed": seed, "size": size, "n": P.getSize()[0], "degree": spec.degree, "dim": spec.dim,
-               "mesh": spec.mesh, "broad": broad[kind], "stencils": stencils[kind]}
+               "mesh": spec.mesh, "broad": broad[kind], "stencils": stencils[kind],
+               "mass": mass[kind]}
         for level in meta["pattern_levels"]:
             fsai = solve(P, {**parallel_options("fsai", 1), "pc_fsai_pattern_level": level,
                              "pc_fsai_ordering": ordering})

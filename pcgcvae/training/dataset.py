@@ -75,10 +75,11 @@ def load_sample(path: Path, level: int, triplets: bool = True):  # noqa: ANN201
 
 def generate(family: str, count: int, size_min: int, size_max: int, seed: int, out: Path,
              progress: bool = True, dim: int | None = None, ordering: str = DEFAULT_ORDERING,
-             broad: bool = False, stencils: bool = False) -> list[dict]:
+             broad: bool = False, stencils: bool = False, mass: bool = False) -> list[dict]:
     """Generate ``count`` samples of ``family`` into ``out`` (serial); ``broad``: the wider
     distribution of :func:`pcgcvae.problems.broad_spec`; ``stencils``: the finite-difference
-    grids of :func:`pcgcvae.problems.stencil_spec`."""
+    grids of :func:`pcgcvae.problems.stencil_spec`; ``mass``: the mass-dominated operators of
+    :func:`pcgcvae.problems.mass_spec`."""
     import firedrake as fd
     from tqdm import tqdm
 
@@ -91,7 +92,8 @@ def generate(family: str, count: int, size_min: int, size_max: int, seed: int, o
     t0 = time.perf_counter()
     for i in tqdm(range(count), desc=f"{family} dataset", disable=not progress):
         size = int(rng.integers(size_min, size_max + 1))
-        spec = random_spec(family, size, seed=int(rng.integers(2**31)), dim=dim, broad=broad, stencils=stencils)
+        spec = random_spec(family, size, seed=int(rng.integers(2**31)), dim=dim, broad=broad, stencils=stencils,
+                           mass=mass)
         check_trainable(spec)  # P3 / Q2: held out of all training for good
         problem = build_problem(spec, comm=fd.COMM_SELF)
         P = problem.assemble_matrix()
@@ -102,8 +104,8 @@ def generate(family: str, count: int, size_min: int, size_max: int, seed: int, o
                       "block_size": problem.block_size,
                       "fsai_score": {str(lv): float(arrays[f"s{lv}_score"]) for lv in LEVELS}})
     meta = {"family": family, "count": count, "size_range": [size_min, size_max], "seed": seed,
-            "broad": broad, "stencils": stencils, "dim": dim, "levels": list(LEVELS), "threshold": DEFAULT_THRESHOLD,
-            "ordering": ordering,
+            "broad": broad, "stencils": stencils, "mass": mass, "dim": dim, "levels": list(LEVELS),
+            "threshold": DEFAULT_THRESHOLD, "ordering": ordering,
             "seconds": round(time.perf_counter() - t0, 1), "samples": index}
     (out / "index.json").write_text(json.dumps(meta, indent=1))
     return index
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stencils", action="store_true",
                     help="finite-difference diffusion grids instead: 5-point (2D) and 7-point (3D) stencils with "
                          "log-normal, jump or anisotropic coefficients (pcgcvae.problems.stencil_spec; poisson only)")
+    ap.add_argument("--mass", action="store_true",
+                    help="mass-dominated reaction-diffusion instead: the broad draw with a reaction term 1e2-1e6 and "
+                         "any boundary condition (pcgcvae.problems.mass_spec; poisson only)")
     ap.add_argument("--ordering", choices=ORDERINGS, default=DEFAULT_ORDERING,
                     help="local ordering before the pattern is taken (the preconditioner's -pc_gcvae_ordering)")
     ap.add_argument("--out", type=Path, required=True)
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc as options: keep ours out of its database
     index = generate(args.family, args.count, args.size_min, args.size_max, args.seed, args.out,
                      progress=not args.quiet, dim=args.dim, ordering=args.ordering, broad=args.broad,
-                     stencils=args.stencils)
+                     stencils=args.stencils, mass=args.mass)
     sizes = [s["n"] for s in index]
     print(f"wrote {len(index)} {args.family} samples to {args.out} (n from {min(sizes)} to {max(sizes)})")
 

@@ -92,6 +92,7 @@ def load_datasets(paths: list[Path], levels: list[int], kaporin_only: list[Path]
     datasets = [{"seed": i["seed"], "count": len(i["samples"]), "size_range": i["size_range"],
                  "broad": bool(i.get("broad", False)), "dim": i.get("dim"),
                  **({"stencils": True} if i.get("stencils") else {}),
+                 **({"mass": True} if i.get("mass") else {}),
                  **({"kaporin_only": True} if i["kaporin_only"] else {})} for i in indexes]
     if len(indexes) == 1:
         return graphs, {**indexes[0], "datasets": datasets}
