@@ -26,6 +26,8 @@ FULL_RUN = ROOT / "docs" / "bench-foreign" / "foreign.json"
 TRAINING_DATASETS = [
     ("poisson", 160, 8, 28, 0, None, False, False, False),
     ("poisson", 160, 8, 28, 1, None, True, False, False),
+    ("poisson", 80, 8, 28, 2, None, False, True, False),
+    ("poisson", 80, 8, 28, 3, None, False, False, True),
     ("elasticity", 120, 4, 14, 0, None, False, False, False),
     ("elasticity", 120, 4, 14, 1, None, True, False, False),
 ]
