@@ -237,7 +237,7 @@ def test_float64_equals_torch_random_graphs(config: dict) -> None:
 
 def test_residual_model_corrects_fsai() -> None:
     """A residual model (GCVAEConfig.residual) corrects FSAI's values on S: NumPy = torch with the same base;
-    an untrained (zero) correction gives FSAI itself; without FSAI's values it refuses; an architecture
+    an untrained (zero) correction gives FSAI itself; without FSAI's values both refuse; an architecture
     without the field (models exported before it) reads as a non-residual one."""
     from pcgcvae.fsai import fsai_values
 
@@ -259,6 +259,8 @@ def test_residual_model_corrects_fsai() -> None:
     np.testing.assert_allclose(untrained, base, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="FSAI's values"):
         net.generate(arrays, use_mean=True)
+    with pytest.raises(ValueError, match="FSAI's values"):  # the torch model too: a graph without a target
+        model.generate(build_graph(ahat, s, a2_on_s=a2, block_size=1), use_mean=True)
     arch = {k: v for k, v in model.config.to_dict().items() if k != "residual"}
     assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["residual"] is False
 

@@ -212,7 +212,11 @@ class GCVAE(nn.Module):
         h = self.decoder(torch.cat([data.x, z], -1), data.edge_index, data.edge_attr)
         out = self.factor_head(h, data.s_index, data.s_attr, data.s_diag)
         if self.config.residual:  # about FSAI's factor F: G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
-            base = data.target.to(out.dtype)
+            base = getattr(data, "target", None)
+            if base is None or len(base) != len(out):
+                raise ValueError("a residual GCVAE needs FSAI's values on the pattern: build the graph with "
+                                 "target=FSAI's values on S (pcgcvae.training.graph.build_graph(..., target=...))")
+            base = base.to(out.dtype)
             return torch.where(data.s_diag, base * out, base + out)
         return out
 
