@@ -75,6 +75,8 @@ def random_spec(family: str, size: int, seed: int, dim: int | None = None,
     """Draw the parameters of one problem of ``family`` from ``seed`` (``broad``: the wider
     distribution of :func:`broad_spec`; ``stencils``: the finite-difference grids of
     :func:`stencil_spec`; ``mass``: the mass-dominated operators of :func:`mass_spec`)."""
+    if mass and stencils:
+        raise ValueError("choose one generator: mass-dominated problems (mass) are Firedrake meshes, not stencils")
     if mass:
         return mass_spec(family, size, seed, dim=dim)
     if stencils:
@@ -146,7 +148,7 @@ def broad_spec(family: str, size: int, seed: int, dim: int | None = None) -> Pro
 def mass_spec(family: str, size: int, seed: int, dim: int | None = None) -> ProblemSpec:
     """One mass-dominated (reaction-diffusion) Poisson problem: the broad draw of ``seed``
     (:func:`broad_spec`: elements, meshes, dimension, coefficients) with a reaction term c u,
-    c = 10^U(2, 6), so that c h² ranges from a tenth of the diffusion to thousands of times it
+    c = 10^U(2, 6), so that c h² ranges from about a tenth of the diffusion to ten thousand times it
     (8-28 cells per side), and any of the boundary conditions, Neumann included.  Where the mass
     term dominates, FSAI is nearly exact and a learned correction should vanish.  Drawn from the
     stream ``(seed, 3)``; Poisson only."""

@@ -239,6 +239,8 @@ def test_mass_generator_draws_mass_dominated_problems() -> None:
     assert np.median(diagonal(1e6) / diagonal(0.0)) > 10  # the mass term dominates: the generator's point
     with pytest.raises(ValueError, match="family poisson"):
         random_spec("elasticity", 10, seed=0, mass=True)
+    with pytest.raises(ValueError, match="choose one generator"):
+        random_spec("poisson", 10, seed=0, mass=True, stencils=True)
 
 
 def test_stencil_generator_draws_five_and_seven_point_problems() -> None:
