@@ -28,6 +28,7 @@ EDGE_FEATURES = 6
 PATTERN_FEATURES = 5
 TARGET_NODE_FEATURES = 1
 TARGET_EDGE_FEATURES = 1
+FSAI_INPUT_FEATURES = 1  # per node and per entry of S, for decoders that read FSAI's values (GCVAEConfig.fsai_inputs)
 
 
 @dataclass

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 
 from ._version import __version__
 from .errors import CheckpointError
-from .features import EDGE_FEATURES, NODE_FEATURES, PATTERN_FEATURES, GraphArrays
+from .features import EDGE_FEATURES, FSAI_INPUT_FEATURES, NODE_FEATURES, PATTERN_FEATURES, GraphArrays
 from .models_registry import resolve_model
 
 FORMAT = "pcgcvae-gcvae-numpy"
@@ -51,8 +51,10 @@ ARCHITECTURE_FIELDS = {
     "latent": int,
     "conditional_prior": bool,
     "residual": bool,
+    "fsai_inputs": bool,
 }
-OPTIONAL_ARCHITECTURE = {"residual": False}  # fields that models exported before them lack, and their value
+# fields that models exported before them lack, and their value
+OPTIONAL_ARCHITECTURE = {"residual": False, "fsai_inputs": False}
 REQUIRED_META = ("family", "block_sizes", "pattern_levels")
 CHUNK = 1 << 15  # edges (or pattern entries, or nodes) per chunk
 LAYER_NORM_EPS = 1e-5
@@ -81,14 +83,15 @@ def inference_weight_shapes(architecture: dict[str, Any]) -> dict[str, tuple[int
     """The ``state_dict`` names and shapes of the weights inference needs (prior, decoder,
     factor head; not the encoder) for a GCVAE ``architecture`` (a GCVAEConfig dict)."""
     h, zd = architecture["hidden"], architecture["latent"]
+    extra = FSAI_INPUT_FEATURES if architecture.get("fsai_inputs", False) else 0
     shapes: dict[str, tuple[int, ...]] = {}
     if architecture["conditional_prior"]:
         shapes.update(_trunk_shapes("prior", NODE_FEATURES, h, architecture["prior_layers"]))
         shapes.update({"prior_head.lin.weight": (2 * zd, h), "prior_head.lin.bias": (2 * zd,)})
-    shapes.update(_trunk_shapes("decoder", NODE_FEATURES + zd, h, architecture["decoder_layers"]))
+    shapes.update(_trunk_shapes("decoder", NODE_FEATURES + zd + extra, h, architecture["decoder_layers"]))
     shapes.update({
         "factor_head.lin_i.weight": (h, h), "factor_head.lin_i.bias": (h,), "factor_head.lin_j.weight": (h, h),
-        "factor_head.lin_s.weight": (h, PATTERN_FEATURES), "factor_head.out.weight": (1, h),
+        "factor_head.lin_s.weight": (h, PATTERN_FEATURES + extra), "factor_head.out.weight": (1, h),
         "factor_head.out.bias": (1,),
     })
     return shapes
@@ -111,6 +114,9 @@ def check_architecture(architecture: Any, where: str) -> dict[str, Any]:
         ok = isinstance(value, bool) if kind is bool else (isinstance(value, int) and not isinstance(value, bool))
         if not ok or (kind is int and value < (0 if key.endswith("_layers") else 1)):
             raise CheckpointError(f"'{where}': architecture field '{key}' = {value!r} is not a valid {kind.__name__}")
+    if arch["fsai_inputs"] and not arch["residual"]:
+        raise CheckpointError(f"'{where}': architecture field 'fsai_inputs' needs 'residual' "
+                              "(FSAI's values are its base)")
     return arch
 
 
@@ -271,6 +277,19 @@ class _Trunk:
         v += b
 
 
+def fsai_input_features(base: np.ndarray, rows: np.ndarray, diag: np.ndarray, num_nodes: int,
+                        dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """The decoder's FSAI inputs of a model with ``fsai_inputs``: log F_ii per node and, per entry of
+    S, F_ij off the diagonal and log F_ii on it (``base``: FSAI's values on S; the torch twin is
+    :func:`pcgcvae.training.model.fsai_input_features`)."""
+    base = np.asarray(base, dtype=dtype)
+    entry = base.copy()
+    entry[diag] = np.log(np.maximum(base[diag], dtype(1e-30)))
+    node = np.zeros(num_nodes, dtype=dtype)
+    node[rows[diag]] = entry[diag]
+    return node, entry
+
+
 def _transposed(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
@@ -308,6 +327,7 @@ class NumpyGCVAE:
         self.fh_out = np.ascontiguousarray(w["factor_head.out.weight"][0])
         self.fh_out_b = self.dtype(w["factor_head.out.bias"][0])
         self.residual = arch["residual"]
+        self.fsai_inputs = arch["fsai_inputs"]
 
     # -- the two distributions ------------------------------------------------------
     def prior_params(self, arrays: GraphArrays, plan: _Plan | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -327,6 +347,12 @@ class NumpyGCVAE:
         a residual model (``self.residual``) corrects ``base``, FSAI's values on S (required then)."""
         if self.residual and (base is None or len(base) != len(arrays.s_index[0])):
             raise ValueError("a residual GCVAE needs FSAI's values on the pattern (base), one per entry of S")
+        rows, cols = arrays.s_index
+        diag = arrays.s_diag
+        entry_f = None
+        if self.fsai_inputs:  # the decoder's inputs after x: z, then log F_ii (fsai_input_features)
+            node_f, entry_f = fsai_input_features(base, rows, diag, arrays.num_nodes, self.dtype)
+            z = np.concatenate([np.asarray(z, dtype=self.dtype), node_f[:, None]], axis=1)
         z = np.ascontiguousarray(z, dtype=self.dtype)
         h = self.decoder(arrays, plan or _plan_of(arrays, self.dtype), z)
         b = h @ self.fh_lin_j
@@ -335,8 +361,8 @@ class NumpyGCVAE:
         for n0 in range(0, len(h), CHUNK):
             a[n0:n0 + CHUNK] = _linear(h[n0:n0 + CHUNK], self.fh_lin_i, self.fh_lin_i_b)
         del h
-        rows, cols = arrays.s_index
         nnz = len(rows)
+        lin_s = self.fh_lin_s[:PATTERN_FEATURES]
         out = np.empty(nnz, dtype=self.dtype)
         hidden = a.shape[1]
         buf = np.empty((CHUNK, hidden), dtype=self.dtype)
@@ -344,12 +370,13 @@ class NumpyGCVAE:
         for p0 in range(0, nnz, CHUNK):
             p1 = min(p0 + CHUNK, nnz)
             t, tt = buf[: p1 - p0], tmp[: p1 - p0]
-            np.matmul(arrays.pattern_features(p0, p1).astype(self.dtype, copy=False), self.fh_lin_s, out=t)
+            np.matmul(arrays.pattern_features(p0, p1).astype(self.dtype, copy=False), lin_s, out=t)
+            if entry_f is not None:
+                t += entry_f[p0:p1, None] * self.fh_lin_s[PATTERN_FEATURES]
             t += np.take(a, rows[p0:p1], axis=0)
             t += np.take(b, cols[p0:p1], axis=0)
             np.matmul(_silu_(t, tt), self.fh_out, out=out[p0:p1])
         out += self.fh_out_b
-        diag = arrays.s_diag
         out[diag] = np.exp(np.clip(out[diag], -20.0, 20.0))
         if self.residual:  # G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
             out[diag] *= base[diag]

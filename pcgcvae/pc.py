@@ -1102,7 +1102,8 @@ class GCVAEPC(SPAIFactorPC):
             f"model '{self._model_for(self.stats.get('block_size', 1))}'"
             f" (family: {meta.get('family', 'not loaded')}, block sizes {meta.get('block_sizes', '?')}"
             + ("; residual: corrects classical FSAI's factor on the same pattern"
-               if getattr(self.model, "residual", False) else "") + ")",
+               if getattr(self.model, "residual", False) else "")
+            + (", reading FSAI's values" if getattr(self.model, "fsai_inputs", False) else "") + ")",
             f"samples {self.samples} ({self.latent} latent first), seed {self.seed}, role {self.role}",
         ]
         if self.fallback_reason:

@@ -265,6 +265,46 @@ def test_residual_model_corrects_fsai() -> None:
     assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["residual"] is False
 
 
+def test_fsai_inputs_model() -> None:
+    """A residual model whose decoder reads FSAI's values (GCVAEConfig.fsai_inputs): NumPy = torch in
+    float32 and to 1e-10 in float64 (block sizes 1-2, entries of S outside A); the same network with
+    the inputs added at zero weight (train --fsai-inputs --init) computes what it did; the field needs
+    a residual model, and architectures without it read as False."""
+    from pcgcvae.fsai import fsai_values
+    from pcgcvae.training.train import with_fsai_inputs
+
+    model = random_model(5, residual=True, fsai_inputs=True)
+    net = to_numpy(model)
+    assert net.fsai_inputs and net.residual
+    for k, n in enumerate((70, 400)):
+        ahat, s, a2 = random_problem(n, seed=20 + k, extra=0.03 if k else 0.0)
+        compare(model, net, ahat, s, a2 if k else None, bs=1 + k, seed=k)
+        compare_float64(model, ahat, s, a2 if k else None, bs=1 + k, seed=k)
+    # the new inputs matter: zeroing their weights changes the factor
+    ahat, s, a2 = random_problem(90, seed=4, extra=0.05)
+    base = fsai_values(ahat, s)
+    arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=1)
+    old = random_model(7, residual=True)
+    (before,) = to_numpy(old).generate(arrays, use_mean=True, base=base)
+    grown = with_fsai_inputs(old).eval()
+    assert grown.config.fsai_inputs
+    (after,) = to_numpy(grown).generate(arrays, use_mean=True, base=base)
+    np.testing.assert_array_equal(after, before)
+    with torch.no_grad():
+        grown.decoder.embed[0].weight[:, -1] = 1.0
+    (moved,) = to_numpy(grown).generate(arrays, use_mean=True, base=base)
+    assert not np.allclose(moved, before, rtol=1e-4)
+    with pytest.raises(ValueError, match="residual"):
+        GCVAE(GCVAEConfig(residual=False, fsai_inputs=True))
+    with pytest.raises(ValueError, match="residual"):
+        with_fsai_inputs(random_model(7))
+    arch = dict(model.config.to_dict())
+    with pytest.raises(CheckpointError, match="fsai_inputs"):
+        inference.check_architecture({"class": "GCVAE", **arch, "residual": False}, "bad")
+    del arch["fsai_inputs"]
+    assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["fsai_inputs"] is False
+
+
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_float64_equals_torch_shipped_models(real_graphs, name: str) -> None:
     """The same on a shipped model's real input (Firedrake graphs of its block size, levels 1 and 2)."""

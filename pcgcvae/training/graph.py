@@ -16,6 +16,7 @@ from torch_geometric.data import Data
 from ..csr import CSR
 from ..features import (
     EDGE_FEATURES,
+    FSAI_INPUT_FEATURES,
     NODE_FEATURES,
     PATTERN_FEATURES,
     TARGET_EDGE_FEATURES,
@@ -26,6 +27,7 @@ from ..features import (
 
 __all__ = [
     "EDGE_FEATURES",
+    "FSAI_INPUT_FEATURES",
     "NODE_FEATURES",
     "PATTERN_FEATURES",
     "TARGET_EDGE_FEATURES",

@@ -13,7 +13,10 @@ gives G = I, i.e. exactly Jacobi after the diagonal scaling.  With
 ``residual=True`` it is a residual about classical FSAI on the same pattern
 instead (the graph's ``target``): G_ij = F_ij + out_ij off the diagonal,
 G_ii = F_ii exp(out_ii), so an untrained decoder gives FSAI itself and the
-network learns only a correction to it.
+network learns only a correction to it.  With ``fsai_inputs=True`` (residual models
+only) the decoder also reads FSAI's own values: log F_ii as a node feature (0 where
+row i is decoupled, i.e. where FSAI is exact) and F_ij (log F_ii on the diagonal) as
+a pattern feature, so it can tell where FSAI leaves nothing to correct.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch_geometric.nn import MessagePassing
 
 from .graph import (
     EDGE_FEATURES,
+    FSAI_INPUT_FEATURES,
     NODE_FEATURES,
     PATTERN_FEATURES,
     TARGET_EDGE_FEATURES,
@@ -47,6 +51,7 @@ class GCVAEConfig:
     latent: int = 4
     conditional_prior: bool = True
     residual: bool = False  # the decoder corrects FSAI's factor (the graph's target) instead of the identity
+    fsai_inputs: bool = False  # (residual only) the decoder also reads FSAI's values: log F_ii per node, F_ij per entry
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,11 +141,11 @@ class FactorHead(nn.Module):
     Zero-initialised output layer: G = I at start.
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, extra_features: int = 0) -> None:
         super().__init__()
         self.lin_i = nn.Linear(hidden, hidden)
         self.lin_j = nn.Linear(hidden, hidden, bias=False)
-        self.lin_s = nn.Linear(PATTERN_FEATURES, hidden, bias=False)
+        self.lin_s = nn.Linear(PATTERN_FEATURES + extra_features, hidden, bias=False)
         self.out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -174,8 +179,11 @@ class GCVAE(nn.Module):
             self.prior_head = GaussianHead(h, zd)
             nn.init.zeros_(self.prior_head.lin.weight)
             nn.init.zeros_(self.prior_head.lin.bias)
-        self.decoder = GraphTrunk(NODE_FEATURES + zd, EDGE_FEATURES, h, config.decoder_layers)
-        self.factor_head = FactorHead(h)
+        if config.fsai_inputs and not config.residual:
+            raise ValueError("GCVAEConfig.fsai_inputs needs residual=True (FSAI's values are the residual's base)")
+        extra = FSAI_INPUT_FEATURES if config.fsai_inputs else 0
+        self.decoder = GraphTrunk(NODE_FEATURES + zd + extra, EDGE_FEATURES, h, config.decoder_layers)
+        self.factor_head = FactorHead(h, extra)
 
     # -- the three distributions -------------------------------------------
     def prior_params(self, data: FactorGraph) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,14 +217,23 @@ class GCVAE(nn.Module):
 
     def decode(self, data: FactorGraph, z: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) values of G on S, aligned with ``data.s_index``."""
-        h = self.decoder(torch.cat([data.x, z], -1), data.edge_index, data.edge_attr)
-        out = self.factor_head(h, data.s_index, data.s_attr, data.s_diag)
-        if self.config.residual:  # about FSAI's factor F: G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
+        base = None
+        if self.config.residual:
             base = getattr(data, "target", None)
-            if base is None or len(base) != len(out):
+            if base is None or len(base) != data.s_index.size(1):
                 raise ValueError("a residual GCVAE needs FSAI's values on the pattern: build the graph with "
                                  "target=FSAI's values on S (pcgcvae.training.graph.build_graph(..., target=...))")
-            base = base.to(out.dtype)
+            base = base.to(z.dtype)
+        x, s_attr = data.x, data.s_attr
+        if self.config.fsai_inputs:
+            node_f, entry_f = fsai_input_features(base, data.s_index[0], data.s_diag, data.num_nodes)
+            x = torch.cat([x, z, node_f[:, None]], -1)
+            s_attr = torch.cat([s_attr, entry_f[:, None].to(s_attr.dtype)], -1)
+        else:
+            x = torch.cat([x, z], -1)
+        h = self.decoder(x, data.edge_index, data.edge_attr)
+        out = self.factor_head(h, data.s_index, s_attr, data.s_diag)
+        if base is not None:  # about FSAI's factor F: G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
             return torch.where(data.s_diag, base * out, base + out)
         return out
 
@@ -235,6 +252,17 @@ class GCVAE(nn.Module):
                 z = mu + torch.exp(0.5 * logvar) * eps
             out.append(self.decode(data, z))
         return out
+
+
+def fsai_input_features(base: torch.Tensor, rows: torch.Tensor, diag: torch.Tensor,
+                        num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's FSAI inputs (``GCVAEConfig.fsai_inputs``): log F_ii per node and, per entry of S,
+    F_ij off the diagonal and log F_ii on it (``base``: FSAI's values on S; NumPy twin in
+    :mod:`pcgcvae.inference`)."""
+    log_base = torch.log(base.clamp_min(1e-30))
+    node = torch.zeros(num_nodes, dtype=base.dtype, device=base.device)
+    node[rows[diag]] = log_base[diag]
+    return node, torch.where(diag, log_base, base)
 
 
 def kl_divergence(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,

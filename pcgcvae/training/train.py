@@ -176,9 +176,11 @@ def train(args: argparse.Namespace) -> Path:
             model.config.residual = True
             torch.nn.init.zeros_(model.factor_head.out.weight)
             torch.nn.init.zeros_(model.factor_head.out.bias)
+        if args.fsai_inputs and not model.config.fsai_inputs:
+            model = with_fsai_inputs(model).train().to(device)
     else:
         config = GCVAEConfig(hidden=args.hidden, decoder_layers=args.layers, prior_layers=args.prior_layers,
-                             latent=args.latent, residual=args.residual)
+                             latent=args.latent, residual=args.residual, fsai_inputs=args.fsai_inputs)
         model = GCVAE(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path = Path(f"{args.out}.state")
@@ -288,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--residual", action="store_true",
                     help="the decoder corrects FSAI's factor instead of the identity (with --init: that network's "
                          "trunks and a zero correction to start from)")
+    ap.add_argument("--fsai-inputs", action="store_true",
+                    help="(with --residual) the decoder also reads FSAI's values (log F_ii per node, F_ij per entry); "
+                         "with --init from a model without them: the same network, zero weights on the new inputs")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4, help="message-passing layers of the decoder")
     ap.add_argument("--prior-layers", type=int, default=2, help="message-passing layers of the conditional prior")
@@ -302,6 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--heldout-samples", type=int, default=4, help="K for the multi-sample evaluation")
     ap.add_argument("--quiet", action="store_true")
     return ap
+
+
+def with_fsai_inputs(model: GCVAE) -> GCVAE:
+    """The same network with the decoder's FSAI inputs added (``GCVAEConfig.fsai_inputs``), their
+    weights zero: it computes exactly what ``model`` does until training moves them."""
+    if not model.config.residual:
+        raise ValueError("--fsai-inputs needs a residual model (--residual)")
+    config = GCVAEConfig(**{**model.config.to_dict(), "fsai_inputs": True})
+    new = GCVAE(config)
+    state = new.state_dict()
+    for name, w in model.state_dict().items():
+        target = state[name]
+        if target.shape == w.shape:
+            target.copy_(w)
+        else:  # the decoder's first layer and the head's pattern map: one more input column, zero
+            target.zero_()
+            target[:, : w.shape[1]].copy_(w)
+    new.load_state_dict(state)
+    return new
 
 
 def main(argv: list[str] | None = None) -> None:
