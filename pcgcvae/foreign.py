@@ -753,8 +753,32 @@ def load_models() -> float:
     return time.perf_counter() - t0
 
 
-def run_case(case: Case, quick: bool, pcs: list[str], c_runs: bool = True, log=print) -> tuple[dict, list[dict]]:  # noqa: ANN001
-    """Build one problem and run every preconditioner; (problem record, rows)."""
+def candidate_models(paths: list[str]) -> dict[int, str]:
+    """``--models``: the model each block size gets instead of the shipped default (the first of
+    ``paths`` trained for it), read from the models' headers."""
+    from .inference import load_inference_model
+
+    chosen: dict[int, str] = {}
+    for path in paths:
+        _, info = load_inference_model(path)
+        for bs in info["meta"]["block_sizes"]:
+            chosen.setdefault(int(bs), str(path))
+    return chosen
+
+
+def pc_options_for(pc: str, block_size: int, models: dict[int, str] | None = None) -> dict[str, Any]:
+    """``pc``'s options on an operator of ``block_size``: with ``models`` (:func:`candidate_models`),
+    a GCVAE row reads the candidate model for that block size where there is one."""
+    opts = dict(PC_OPTIONS[pc])
+    if models and pc.startswith("gcvae") and block_size in models:
+        opts["pc_gcvae_model"] = models[block_size]
+    return opts
+
+
+def run_case(case: Case, quick: bool, pcs: list[str], c_runs: bool = True, log=print,  # noqa: ANN001
+             models: dict[int, str] | None = None) -> tuple[dict, list[dict]]:
+    """Build one problem and run every preconditioner (GCVAE rows with the candidate ``models`` of
+    :func:`candidate_models` where given); (problem record, rows)."""
     t0 = time.perf_counter()
     built = case.build(quick)
     build_s = time.perf_counter() - t0
@@ -767,11 +791,12 @@ def run_case(case: Case, quick: bool, pcs: list[str], c_runs: bool = True, log=p
     b = _random_rhs(built, case.name)
     rows = []
     for pc in pcs:
-        r = run_pc(built, case.name, pc, b)
+        pc_options = pc_options_for(pc, info["block_size"], models)
+        r = run_pc(built, case.name, pc, b, pc_options)
         if built.c_program is not None and c_runs:
             try:
                 exe = build_c_tutorial(built.c_program[0])
-                its, ok = c_iterations(run_c_tutorial(exe, built.c_program[1], PC_OPTIONS[pc]))
+                its, ok = c_iterations(run_c_tutorial(exe, built.c_program[1], pc_options))
                 r["iterations_c"] = its if ok else f"{its} (not conv.)"
             except Exception as exc:
                 r["error"] = (r.get("error", "") + f" C run: {exc}")[:500].replace("\n", " ")
@@ -868,7 +893,9 @@ def write_outputs(problems: list[dict], rows: list[dict], out: Path, meta: dict)
         f"{meta['when']} on {meta['machine']}, `{meta['command']}` ({meta['seconds']:.0f} s). "
         f"CG (MINRES for Stokes), rtol {RTOL:g}, unpreconditioned residual norm (MINRES: preconditioned), "
         f"random right-hand side (the timed solve) and the problem's own; every preconditioner with its default "
-        f"options and the shipped models. Before timing, the models (exported weights, no torch) were loaded once "
+        f"options and " + (f"the candidate models {meta['models']} (by block size; the shipped models otherwise)"
+                           if meta.get("models") else "the shipped models")
+        + ". Before timing, the models (exported weights, no torch) were loaded once "
         f"({meta['model_load_s']:.1f} s). The Kaporin gap is GCVAE's minus FSAI's (same pattern level), "
         "`stats['kaporin']`, normalised rows.", "",
         "## Summary", "", *summary_lines(rows), "",
@@ -930,6 +957,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pcs", nargs="+", default=PCS, choices=PCS)
     ap.add_argument("--no-c-runs", action="store_true",
                     help="skip running the C tutorials once per preconditioner (their matrices are still solved)")
+    ap.add_argument("--models", nargs="+", default=None, metavar="PATH",
+                    help="judge these models (.npz or .pt) instead of the shipped ones: the GCVAE rows of a "
+                         "problem use the first one trained for its block size (the shipped default otherwise)")
     ap.add_argument("--out", type=Path, default=Path("results"))
     return ap
 
@@ -951,18 +981,20 @@ def main(argv: list[str] | None = None) -> None:
         cases = [c for c in cases if c.quick]
     t0 = time.perf_counter()
     load_s = load_models() if any(pc.startswith("gcvae") for pc in args.pcs) else 0.0
+    models = candidate_models(args.models) if args.models else None
     problems, rows = [], []
     for case in cases:
         print(f"{case.name} ({case.kind}): {case.description}", flush=True)
         info, r = run_case(case, args.quick, args.pcs, c_runs=not args.no_c_runs,
-                           log=lambda s: print(s, flush=True))
+                           log=lambda s: print(s, flush=True), models=models)
         problems.append(info)
         rows += r
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{os.cpu_count()}-core {os.uname().machine} ({os.uname().nodename})",
             "command": "python -m pcgcvae.bench " + " ".join(["--suite", "foreign", *[a for a in argv if a not in
                                                                                        ("--suite", "foreign")]]),
-            "quick": args.quick, "model_load_s": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 1),
+            "quick": args.quick, "models": {str(k): v for k, v in (models or {}).items()},
+            "model_load_s": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 1),
             "rtol": RTOL, "max_it": MAX_IT}
     write_outputs(problems, rows, args.out, meta)
     print("\n".join(summary_lines(rows)))

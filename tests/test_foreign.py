@@ -276,3 +276,19 @@ def test_stencil_generator_draws_five_and_seven_point_problems() -> None:
     if MPI.COMM_WORLD.size > 1:
         with pytest.raises(ValueError, match="serially"):
             build_problem(random_spec("poisson", 10, seed=0, stencils=True), comm=MPI.COMM_WORLD)
+
+
+def test_candidate_models_replace_the_shipped_ones_by_block_size() -> None:
+    """``--models``: a GCVAE row reads the candidate trained for the operator's block size; other
+    block sizes and the other preconditioners keep their options."""
+    from pcgcvae.foreign import PC_OPTIONS, candidate_models, pc_options_for
+
+    scalar = str(ROOT / "tests" / "models" / "poisson-direct.npz")
+    models = candidate_models([scalar, "elasticity", "poisson"])
+    assert models[1] == scalar  # the first candidate for block size 1 wins
+    assert models[2] == "elasticity" and 3 in models
+    for pc in ("gcvae", "gcvae2-noguard"):
+        assert pc_options_for(pc, 1, models) == {**PC_OPTIONS[pc], "pc_gcvae_model": scalar}
+        assert pc_options_for(pc, 1, None) == PC_OPTIONS[pc]
+    assert pc_options_for("gcvae", 6, models) == PC_OPTIONS["gcvae"]
+    assert pc_options_for("fsai", 1, models) == PC_OPTIONS["fsai"]
