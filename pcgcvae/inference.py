@@ -52,9 +52,10 @@ ARCHITECTURE_FIELDS = {
     "conditional_prior": bool,
     "residual": bool,
     "fsai_inputs": bool,
+    "spectral_gate": bool,
 }
 # fields that models exported before them lack, and their value
-OPTIONAL_ARCHITECTURE = {"residual": False, "fsai_inputs": False}
+OPTIONAL_ARCHITECTURE = {"residual": False, "fsai_inputs": False, "spectral_gate": False}
 REQUIRED_META = ("family", "block_sizes", "pattern_levels")
 CHUNK = 1 << 15  # edges (or pattern entries, or nodes) per chunk
 LAYER_NORM_EPS = 1e-5
@@ -94,6 +95,8 @@ def inference_weight_shapes(architecture: dict[str, Any]) -> dict[str, tuple[int
         "factor_head.lin_s.weight": (h, PATTERN_FEATURES + extra), "factor_head.out.weight": (1, h),
         "factor_head.out.bias": (1,),
     })
+    if architecture.get("spectral_gate", False):
+        shapes["spectral_gate"] = (2,)
     return shapes
 
 
@@ -114,9 +117,10 @@ def check_architecture(architecture: Any, where: str) -> dict[str, Any]:
         ok = isinstance(value, bool) if kind is bool else (isinstance(value, int) and not isinstance(value, bool))
         if not ok or (kind is int and value < (0 if key.endswith("_layers") else 1)):
             raise CheckpointError(f"'{where}': architecture field '{key}' = {value!r} is not a valid {kind.__name__}")
-    if arch["fsai_inputs"] and not arch["residual"]:
-        raise CheckpointError(f"'{where}': architecture field 'fsai_inputs' needs 'residual' "
-                              "(FSAI's values are its base)")
+    for field in ("fsai_inputs", "spectral_gate"):
+        if arch[field] and not arch["residual"]:
+            raise CheckpointError(f"'{where}': architecture field '{field}' needs 'residual' "
+                                  "(FSAI's values are its base)")
     return arch
 
 
@@ -328,6 +332,7 @@ class NumpyGCVAE:
         self.fh_out_b = self.dtype(w["factor_head.out.bias"][0])
         self.residual = arch["residual"]
         self.fsai_inputs = arch["fsai_inputs"]
+        self.spectral_gate = w["spectral_gate"] if arch["spectral_gate"] else None
 
     # -- the two distributions ------------------------------------------------------
     def prior_params(self, arrays: GraphArrays, plan: _Plan | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -341,12 +346,25 @@ class NumpyGCVAE:
         mu, logvar = out[:, : self.latent], out[:, self.latent:]
         return np.ascontiguousarray(mu), np.clip(logvar, -10.0, 6.0)
 
+    def gate(self, spectral: float | None) -> float | None:
+        """The correction's problem-level gate 1 + tanh(w0 φ + w1) for φ = ``spectral``
+        (:func:`pcgcvae.spectrum.spectral_feature`); None for a model without one."""
+        if self.spectral_gate is None:
+            return None
+        if spectral is None:
+            raise ValueError("a GCVAE with a spectral gate needs the spectral input "
+                             "(pcgcvae.spectrum.spectral_feature of Â and FSAI's factor)")
+        w0, w1 = self.spectral_gate
+        return self.dtype(1.0 + np.tanh(w0 * self.dtype(spectral) + w1))
+
     def decode(self, arrays: GraphArrays, z: np.ndarray, plan: _Plan | None = None,
-               base: np.ndarray | None = None) -> np.ndarray:
+               base: np.ndarray | None = None, spectral: float | None = None) -> np.ndarray:
         """Raw values of G on S (``self.dtype``, aligned with ``arrays.s_index``) for the latent ``z``;
-        a residual model (``self.residual``) corrects ``base``, FSAI's values on S (required then)."""
+        a residual model (``self.residual``) corrects ``base``, FSAI's values on S (required then);
+        ``spectral``: the problem-level input of a model with a spectral gate."""
         if self.residual and (base is None or len(base) != len(arrays.s_index[0])):
             raise ValueError("a residual GCVAE needs FSAI's values on the pattern (base), one per entry of S")
+        gate = self.gate(spectral)
         rows, cols = arrays.s_index
         diag = arrays.s_diag
         entry_f = None
@@ -377,6 +395,8 @@ class NumpyGCVAE:
             t += np.take(b, cols[p0:p1], axis=0)
             np.matmul(_silu_(t, tt), self.fh_out, out=out[p0:p1])
         out += self.fh_out_b
+        if gate is not None:
+            out *= gate
         out[diag] = np.exp(np.clip(out[diag], -20.0, 20.0))
         if self.residual:  # G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
             out[diag] *= base[diag]
@@ -386,10 +406,11 @@ class NumpyGCVAE:
 
     # -- generation ---------------------------------------------------------------------
     def generate(self, arrays: GraphArrays, samples: int = 1, use_mean: bool = False,
-                 rng: np.random.Generator | None = None, base: np.ndarray | None = None) -> list[np.ndarray]:
+                 rng: np.random.Generator | None = None, base: np.ndarray | None = None,
+                 spectral: float | None = None) -> list[np.ndarray]:
         """Raw factors (``self.dtype``, aligned with ``arrays.s_index``) for ``samples`` latents drawn
         from the prior with ``rng`` (or one factor for the prior mean, ``use_mean``); ``base``: FSAI's
-        values on S, which a residual model corrects."""
+        values on S, which a residual model corrects; ``spectral``: the input of a spectral gate."""
         plan = _plan_of(arrays, self.dtype)
         mu, logvar = self.prior_params(arrays, plan)
         if use_mean:
@@ -404,7 +425,7 @@ class NumpyGCVAE:
                 z = rng.standard_normal(mu.shape, dtype=self.dtype)
                 z *= np.exp(0.5 * logvar)
                 z += mu
-            out.append(self.decode(arrays, z, plan, base))
+            out.append(self.decode(arrays, z, plan, base, spectral))
         return out
 
 

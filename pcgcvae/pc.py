@@ -55,6 +55,7 @@ from .ordering import (
 )
 from .pattern import MAX_LEVEL, factor_pattern
 from .petsc_csr import csr_to_mat, mat_to_csr, petsc_arrays
+from .spectrum import LANCZOS_STEPS, spectral_feature
 from .symmetry import check_couplings, check_local
 from .trial import (
     FULL_RTOL,
@@ -68,8 +69,8 @@ from .trial import (
 )
 
 _EVENTS: dict[str, PETSc.Log.Event] = {}
-_STAGES = ("local block", "model load", "ordering", "scale", "symmetry check", "pattern", "graph", "inference",
-           "selection", "guard", "fsai", "assembly", "total")
+_STAGES = ("local block", "model load", "ordering", "scale", "symmetry check", "pattern", "graph", "spectral input",
+           "inference", "selection", "guard", "fsai", "assembly", "total")
 
 
 def _event(name: str) -> PETSc.Log.Event:
@@ -845,14 +846,20 @@ class GCVAEPC(SPAIFactorPC):
         with self._timed("graph", "GCVAEGraph"):
             data = build_arrays(ahat, s, a2_on_s=a2, block_size=block_size,
                                 topology=self._topology(ahat, s, block_size))
+        spectral = None
+        if getattr(self.model, "spectral_gate", None) is not None:  # the gate's input: log κ(F Â Fᵀ), this rank
+            with self._timed("spectral input", "GCVAESpectral"):
+                spectral = spectral_feature(ahat, s, base)
+            self.stats["spectral_input"] = spectral
+            self.stats["spectral_gate"] = float(self.model.gate(spectral))
         rng = np.random.default_rng(self.seed + 7919 * int(block.global_index[0]))
         with self._timed("inference", "GCVAEInference"):
             raws = []
             if self.latent == "mean":
-                raws += self.model.generate(data, use_mean=True, base=base)
+                raws += self.model.generate(data, use_mean=True, base=base, spectral=spectral)
             rest = self.samples - len(raws)
             if rest > 0:
-                raws += self.model.generate(data, samples=rest, rng=rng, base=base)
+                raws += self.model.generate(data, samples=rest, rng=rng, base=base, spectral=spectral)
         del data  # the graph's feature arrays (~0.5 GB at 10^6 dofs) are not needed by the selection
         best, best_score, scores = None, np.inf, []
         with self._timed("selection", "GCVAESelect"):
@@ -1109,6 +1116,10 @@ class GCVAEPC(SPAIFactorPC):
         if self.fallback_reason:
             lines.append(f"FALLBACK: classical FSAI, not the GCVAE, built this factor: {self.fallback_reason}")
         lines.append(self._guard_line())
+        if "spectral_input" in self.stats:
+            lines.append(f"rank-0 spectral gate: log condition estimate of F A F^T {self.stats['spectral_input']:.3f} "
+                         f"(FSAI's factor, {LANCZOS_STEPS} Lanczos steps) -> correction scaled by "
+                         f"{self.stats['spectral_gate']:.3f}")
         scores = self.stats.get("sample_scores")
         if scores:
             lines.append(

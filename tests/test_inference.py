@@ -305,6 +305,89 @@ def test_fsai_inputs_model() -> None:
     assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["fsai_inputs"] is False
 
 
+def test_spectral_condition_estimate() -> None:
+    """pcgcvae.spectrum: with as many Lanczos steps as rows the Ritz values are the eigenvalues (exact
+    condition number); fewer steps give a lower bound; the feature is its clipped log."""
+    from pcgcvae.spectrum import FEATURE_MAX, condition_estimate, spectral_feature
+
+    n = 6
+    d = np.array([1.0, 2.0, 3.0, 4.0, 7.0, 10.0])
+    ident = np.arange(n + 1)
+    diag = CSR(ident, np.arange(n), d)
+    s = CSR(ident, np.arange(n), np.zeros(n))
+    assert condition_estimate(diag, s, np.ones(n), steps=n) == pytest.approx(10.0, rel=1e-10)
+    assert condition_estimate(diag, s, 1 / np.sqrt(d), steps=n) == pytest.approx(1.0, rel=1e-10)  # G Â Gᵀ = I
+    ahat, s2, _ = random_problem(300, seed=11)
+    from pcgcvae.fsai import fsai_values
+
+    f = fsai_values(ahat, s2)
+    k5, k20 = condition_estimate(ahat, s2, f, steps=5), condition_estimate(ahat, s2, f)
+    exact = np.linalg.cond((lambda g: g @ ahat.scipy().toarray() @ g.T)(s2.scipy(f).toarray()))
+    assert 1.0 < k5 <= k20 <= exact * (1 + 1e-9)
+    assert spectral_feature(ahat, s2, f) == pytest.approx(np.log(k20))
+    assert 0.0 <= spectral_feature(ahat, s2, 1e-3 * f) <= FEATURE_MAX
+
+
+def test_spectral_gate_model() -> None:
+    """A residual model whose correction is scaled by a problem-level gate 1 + tanh(w0 φ + w1)
+    (GCVAEConfig.spectral_gate): NumPy = torch; one gate per graph of a batch; a closed gate gives
+    FSAI's factor exactly; the same network grown with a gate of weight zero (train --spectral-gate
+    --init) computes what it did; the input is required and the field needs a residual model."""
+    from torch_geometric.data import Batch
+
+    from pcgcvae.fsai import fsai_values
+    from pcgcvae.spectrum import spectral_feature
+    from pcgcvae.training.train import with_spectral_gate
+
+    model = random_model(5, residual=True, spectral_gate=True)
+    with torch.no_grad():
+        model.spectral_gate.copy_(torch.tensor([0.7, -1.5]))
+    net = to_numpy(model)
+    graphs = []
+    for k, n in enumerate((80, 300)):
+        ahat, s, a2 = random_problem(n, seed=30 + k, extra=0.03)
+        base = fsai_values(ahat, s)
+        phi = spectral_feature(ahat, s, base)
+        data = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base)
+        data.spectral = torch.tensor([phi])
+        arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=1)
+        assert net.gate(phi) == pytest.approx(1 + np.tanh(0.7 * phi - 1.5), rel=1e-6)
+        (mean_t,) = model.generate(data, use_mean=True)
+        (mean_np,) = net.generate(arrays, use_mean=True, base=base, spectral=phi)
+        assert_close(mean_np, mean_t.numpy())
+        with pytest.raises(ValueError, match="spectral"):
+            net.generate(arrays, use_mean=True, base=base)
+        graphs.append((data, arrays, base, phi))
+    # a batch of the two graphs: each gets its own gate
+    batch = Batch.from_data_list([g[0] for g in graphs])
+    with torch.no_grad():
+        z = torch.zeros(batch.num_nodes, model.config.latent)
+        both = model.decode(batch, z).numpy()
+        one = np.concatenate([model.decode(g[0], torch.zeros(g[0].num_nodes, model.config.latent)).numpy()
+                              for g in graphs])
+    np.testing.assert_allclose(both, one, rtol=1e-5, atol=1e-6)
+    # a closed gate: FSAI's factor
+    data, arrays, base, phi = graphs[1]
+    closed = to_numpy(model)
+    closed.spectral_gate = np.array([0.0, -50.0], dtype=np.float32)
+    (g_closed,) = closed.generate(arrays, use_mean=True, base=base, spectral=phi)
+    np.testing.assert_allclose(g_closed, base.astype(np.float32), rtol=1e-6)
+    # grown with a gate of weight zero: the same factor
+    old = random_model(7, residual=True)
+    grown = with_spectral_gate(old).eval()
+    assert grown.config.spectral_gate
+    (before,) = to_numpy(old).generate(arrays, use_mean=True, base=base)
+    (after,) = to_numpy(grown).generate(arrays, use_mean=True, base=base, spectral=phi)
+    np.testing.assert_array_equal(after, before)
+    with pytest.raises(ValueError, match="residual"):
+        GCVAE(GCVAEConfig(residual=False, spectral_gate=True))
+    arch = dict(model.config.to_dict())
+    with pytest.raises(CheckpointError, match="spectral_gate"):
+        inference.check_architecture({"class": "GCVAE", **arch, "residual": False}, "bad")
+    del arch["spectral_gate"]
+    assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["spectral_gate"] is False
+
+
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_float64_equals_torch_shipped_models(real_graphs, name: str) -> None:
     """The same on a shipped model's real input (Firedrake graphs of its block size, levels 1 and 2)."""

@@ -24,6 +24,7 @@ import numpy as np
 from ..csr import CSR, check_operator, scale_symmetric
 from ..fsai import fsai_values, kaporin_score
 from ..ordering import DEFAULT_ORDERING, ORDERINGS, local_permutation, permute
+from ..spectrum import spectral_feature
 
 LEVELS = (1, 2)
 DEFAULT_THRESHOLD = 0.02
@@ -70,6 +71,8 @@ def load_sample(path: Path, level: int, triplets: bool = True):  # noqa: ANN201
     g = build_graph(ahat, s, a2_on_s=a2, block_size=int(z["block_size"]), target=z[f"s{level}_target"],
                     triplets=triplets)
     g.target_score = torch.tensor([float(z[f"s{level}_score"])])
+    # the problem-level input of models with a spectral gate: the same function as the preconditioner's
+    g.spectral = torch.tensor([spectral_feature(ahat, s, z[f"s{level}_target"])])
     return g
 
 

@@ -52,6 +52,9 @@ class GCVAEConfig:
     conditional_prior: bool = True
     residual: bool = False  # the decoder corrects FSAI's factor (the graph's target) instead of the identity
     fsai_inputs: bool = False  # (residual only) the decoder also reads FSAI's values: log F_ii per node, F_ij per entry
+    # (residual only) the correction is scaled by 1 + tanh(w0 φ + w1), φ = log κ(F Â Fᵀ) estimated by
+    # pcgcvae.spectrum (the graph's ``spectral``): a learned problem-level gate, 1 (no change) at w = 0
+    spectral_gate: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +154,8 @@ class FactorHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, h: torch.Tensor, s_index: torch.Tensor, s_attr: torch.Tensor,
-                s_diag: torch.Tensor) -> torch.Tensor:
+                s_diag: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale``: per-entry factors of the raw output (before the diagonal's exp), or None."""
         i, j = s_index
         a, b = self.lin_i(h), self.lin_j(h)
         step = s_index.size(1) if torch.is_grad_enabled() else INFERENCE_CHUNK
@@ -161,6 +165,8 @@ class FactorHead(nn.Module):
             t = torch.nn.functional.silu(a.index_select(0, i[sl]) + b.index_select(0, j[sl]) + self.lin_s(s_attr[sl]))
             outs.append(self.out(t).squeeze(-1))
         out = torch.cat(outs) if outs else torch.zeros(0)
+        if scale is not None:
+            out = out * scale
         return torch.where(s_diag, torch.exp(out.clamp(-20.0, 20.0)), out)
 
 
@@ -181,6 +187,10 @@ class GCVAE(nn.Module):
             nn.init.zeros_(self.prior_head.lin.bias)
         if config.fsai_inputs and not config.residual:
             raise ValueError("GCVAEConfig.fsai_inputs needs residual=True (FSAI's values are the residual's base)")
+        if config.spectral_gate and not config.residual:
+            raise ValueError("GCVAEConfig.spectral_gate needs residual=True (a closed gate gives FSAI's factor)")
+        if config.spectral_gate:  # (w0, w1) of the gate 1 + tanh(w0 φ + w1): 1 to start with
+            self.spectral_gate = nn.Parameter(torch.zeros(2))
         extra = FSAI_INPUT_FEATURES if config.fsai_inputs else 0
         self.decoder = GraphTrunk(NODE_FEATURES + zd + extra, EDGE_FEATURES, h, config.decoder_layers)
         self.factor_head = FactorHead(h, extra)
@@ -232,10 +242,26 @@ class GCVAE(nn.Module):
         else:
             x = torch.cat([x, z], -1)
         h = self.decoder(x, data.edge_index, data.edge_attr)
-        out = self.factor_head(h, data.s_index, s_attr, data.s_diag)
+        scale = self.gate(data)
+        if scale is not None:  # per graph -> per entry of S
+            batch = getattr(data, "batch", None)
+            scale = scale[batch[data.s_index[0]]] if batch is not None else scale.expand(data.s_index.size(1))
+        out = self.factor_head(h, data.s_index, s_attr, data.s_diag, scale)
         if base is not None:  # about FSAI's factor F: G_ij = F_ij + out_ij, G_ii = F_ii exp(out_ii)
             return torch.where(data.s_diag, base * out, base + out)
         return out
+
+    def gate(self, data: FactorGraph) -> torch.Tensor | None:
+        """The problem-level gate of the correction, one value per graph (``GCVAEConfig.spectral_gate``;
+        None without it): 1 + tanh(w0 φ + w1) with φ the graph's ``spectral`` (pcgcvae.spectrum)."""
+        if not self.config.spectral_gate:
+            return None
+        phi = getattr(data, "spectral", None)
+        if phi is None:
+            raise ValueError("a GCVAE with spectral_gate needs the graph's spectral input: "
+                             "pcgcvae.spectrum.spectral_feature of Â and FSAI's factor (graph.spectral)")
+        w = self.spectral_gate
+        return 1.0 + torch.tanh(w[0] * phi.to(w.dtype) + w[1])
 
     # -- generation ------------------------------------------------------------
     @torch.no_grad()

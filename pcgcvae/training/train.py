@@ -178,11 +178,17 @@ def train(args: argparse.Namespace) -> Path:
             torch.nn.init.zeros_(model.factor_head.out.bias)
         if args.fsai_inputs and not model.config.fsai_inputs:
             model = with_fsai_inputs(model).train().to(device)
+        if args.spectral_gate and not model.config.spectral_gate:
+            model = with_spectral_gate(model).train().to(device)
     else:
         config = GCVAEConfig(hidden=args.hidden, decoder_layers=args.layers, prior_layers=args.prior_layers,
-                             latent=args.latent, residual=args.residual, fsai_inputs=args.fsai_inputs)
+                             latent=args.latent, residual=args.residual, fsai_inputs=args.fsai_inputs,
+                             spectral_gate=args.spectral_gate)
         model = GCVAE(config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    gate = [p for n, p in model.named_parameters() if n == "spectral_gate"]
+    rest = [p for n, p in model.named_parameters() if n != "spectral_gate"]
+    groups = [{"params": rest}] + ([{"params": gate, "lr": args.gate_lr or args.lr}] if gate else [])
+    opt = torch.optim.Adam(groups, lr=args.lr)
     state_path = Path(f"{args.out}.state")
     history: list[dict] = []
     start_epoch = 0
@@ -241,7 +247,7 @@ def train(args: argparse.Namespace) -> Path:
             "data": " ".join(map(str, args.data)), "samples": len(index["samples"]), "size_range": index["size_range"],
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
             "dataset_seed": index["seed"], "datasets": index.get("datasets"), "seed": args.seed,
-            "epochs": len(history), "lr": args.lr,
+            "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "kaporin_only": [str(k) for k in args.kaporin_only],
@@ -293,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fsai-inputs", action="store_true",
                     help="(with --residual) the decoder also reads FSAI's values (log F_ii per node, F_ij per entry); "
                          "with --init from a model without them: the same network, zero weights on the new inputs")
+    ap.add_argument("--spectral-gate", action="store_true",
+                    help="(with --residual) scale the correction by a learned gate of log κ(F Â Fᵀ) "
+                         "(pcgcvae.spectrum); with --init from a model without it: the same network, gate 1")
+    ap.add_argument("--gate-lr", type=float, default=None,
+                    help="learning rate of the spectral gate's two weights (default: --lr)")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=4, help="message-passing layers of the decoder")
     ap.add_argument("--prior-layers", type=int, default=2, help="message-passing layers of the conditional prior")
@@ -325,6 +336,17 @@ def with_fsai_inputs(model: GCVAE) -> GCVAE:
             target.zero_()
             target[:, : w.shape[1]].copy_(w)
     new.load_state_dict(state)
+    return new
+
+
+def with_spectral_gate(model: GCVAE) -> GCVAE:
+    """The same network with a problem-level gate on its correction (``GCVAEConfig.spectral_gate``),
+    its weights zero: the gate is 1 and the network computes what ``model`` does until training moves it."""
+    if not model.config.residual:
+        raise ValueError("--spectral-gate needs a residual model (--residual)")
+    new = GCVAE(GCVAEConfig(**{**model.config.to_dict(), "spectral_gate": True}))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert missing == ["spectral_gate"] and not unexpected, (missing, unexpected)
     return new
 
 
