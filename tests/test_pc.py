@@ -151,3 +151,42 @@ def test_gcvae_sampling_is_seeded(tiny_poisson) -> None:
         scores.append(r.pc_stats["sample_scores"])
     assert scores[0] == scores[1]
     assert not np.allclose(scores[0], scores[2], rtol=0, atol=1e-12)
+
+
+def test_spectral_gate_model_in_a_solve(tmp_path, capfd) -> None:
+    """A model with a spectral gate (GCVAEConfig.spectral_gate) from a petsc4py script: shut, the factor is
+    FSAI's (the same CG iterations); at 1 (weights zero), the network's without a gate; -ksp_view prints the
+    spectral input and the gate."""
+    import json
+
+    from pcgcvae.inference import HEADER_KEY, save_inference_model
+    from pcgcvae.models_registry import shipped_model_path
+
+    src = np.load(shipped_model_path("poisson", ".npz"))
+    header = json.loads(str(src[HEADER_KEY]))
+    header["architecture"]["spectral_gate"] = True
+    weights = {k[: -len(".npy")] if k.endswith(".npy") else k: src[k] for k in src.files if k != HEADER_KEY}
+    paths = {}
+    for name, w in (("open", [0.0, 0.0]), ("shut", [0.0, -50.0])):
+        paths[name] = tmp_path / f"gated-{name}.npz"
+        save_inference_model(paths[name], {**weights, "spectral_gate": np.array(w, dtype=np.float32)}, header)
+    A = laplacian_2d(40, comm=PETSc.COMM_SELF, kappa_seed=3)
+    no_guard = {**parallel_options("gcvae", 1), "pc_gcvae_guard_threshold": -1}
+    plain = cg_iterations(A, no_guard)
+    fsai = cg_iterations(A, parallel_options("fsai", 1))
+    assert plain != fsai  # the shipped network changes FSAI's factor here
+    assert cg_iterations(A, {**no_guard, "pc_gcvae_model": str(paths["open"])}) == plain
+    assert cg_iterations(A, {**no_guard, "pc_gcvae_model": str(paths["shut"])}) == fsai
+    ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+    ksp.setOptionsPrefix("gateview_")
+    opts = PETSc.Options()
+    for k, v in {"ksp_type": "cg", **no_guard, "pc_gcvae_model": str(paths["shut"])}.items():
+        opts["gateview_" + k] = v
+    ksp.setOperators(A)
+    ksp.setFromOptions()
+    ksp.setUp()
+    stats = ksp.getPC().getPythonContext().stats
+    assert stats["spectral_gate"] == 0.0 and stats["spectral_input"] > 1.0
+    ksp.view()
+    assert "spectral gate: log condition estimate" in capfd.readouterr().out
+    ksp.destroy()
