@@ -388,6 +388,36 @@ def test_spectral_gate_model() -> None:
     assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["spectral_gate"] is False
 
 
+def test_gate_penalty_prices_the_gate() -> None:
+    """train --gate-penalty: the loss grows by the penalty times the batch's mean gate (and reports the gate)."""
+    from torch_geometric.data import Batch
+
+    from pcgcvae.fsai import fsai_values, kaporin_score
+    from pcgcvae.spectrum import spectral_feature
+    from pcgcvae.training.train import gcvae_loss
+
+    model = random_model(3, residual=True, spectral_gate=True)
+    with torch.no_grad():
+        model.spectral_gate.copy_(torch.tensor([0.4, -0.2]))
+    graphs = []
+    for k in range(2):
+        ahat, s, a2 = random_problem(60 + 40 * k, seed=50 + k)
+        base = fsai_values(ahat, s)
+        g = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base, triplets=True)
+        g.spectral = torch.tensor([spectral_feature(ahat, s, base)])
+        g.target_score = torch.tensor([kaporin_score(base, s)])
+        graphs.append(g)
+    batch = Batch.from_data_list(graphs)
+    losses = {}
+    for lam in (0.0, 0.3):
+        loss, parts = gcvae_loss(model, batch, beta=0.01, generator=torch.Generator().manual_seed(0),
+                                 gate_penalty=lam)
+        losses[lam] = loss.item()
+    gate = model.gate(batch)
+    assert gate.shape == (2,) and parts["gate"] == pytest.approx(gate.mean().item())
+    assert losses[0.3] - losses[0.0] == pytest.approx(0.3 * gate.mean().item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_float64_equals_torch_shipped_models(real_graphs, name: str) -> None:
     """The same on a shipped model's real input (Firedrake graphs of its block size, levels 1 and 2)."""

@@ -34,8 +34,12 @@ FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
 
 def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: str = "kaporin",  # noqa: ANN001
                generator: torch.Generator | None = None, cond_weight: float = 0.0,
-               cond_max_n: int = 1200) -> tuple[torch.Tensor, dict[str, float]]:
+               cond_max_n: int = 1200, gate_penalty: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of a batch and its parts (floats, for logging).
+
+    ``gate_penalty`` > 0 (models with a spectral gate) adds that multiple of the batch's mean gate:
+    a price on the correction's size, so that the gate closes where the correction buys nothing (the
+    objectives are flat there) and stays open where it lowers the condition number by more.
 
     ``cond_weight`` > 0 adds that multiple of the mean log cond(G Â Gᵀ) over the batch's graphs
     with at most ``cond_max_n`` nodes (dense eigenvalues) whose ``cond`` flag is set (all when the
@@ -69,6 +73,11 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
         if len(log_cond):
             loss = loss + cond_weight * log_cond.mean().to(loss.dtype)
             parts["log_cond"] = log_cond.mean().item()
+    gate = model.gate(batch)
+    if gate is not None:
+        parts["gate"] = gate.mean().item()
+        if gate_penalty > 0:
+            loss = loss + gate_penalty * gate.mean().to(loss.dtype)
     return loss, {"loss": loss.item(), "kaporin_gap": gap.item(), "kl": kl.item(), "recon": rec.item(), **parts}
 
 
@@ -215,7 +224,8 @@ def train(args: argparse.Namespace) -> Path:
         for b in bar:
             b = b.to(device)
             loss, parts = gcvae_loss(model, b, args.beta, args.recon, args.objective, generator=gen,
-                                     cond_weight=args.cond_weight, cond_max_n=args.cond_max_n)
+                                     cond_weight=args.cond_weight, cond_max_n=args.cond_max_n,
+                                     gate_penalty=args.gate_penalty)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -247,7 +257,7 @@ def train(args: argparse.Namespace) -> Path:
             "data": " ".join(map(str, args.data)), "samples": len(index["samples"]), "size_range": index["size_range"],
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
             "dataset_seed": index["seed"], "datasets": index.get("datasets"), "seed": args.seed,
-            "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr,
+            "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr, "gate_penalty": args.gate_penalty,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "kaporin_only": [str(k) for k in args.kaporin_only],
@@ -302,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--spectral-gate", action="store_true",
                     help="(with --residual) scale the correction by a learned gate of log κ(F Â Fᵀ) "
                          "(pcgcvae.spectrum); with --init from a model without it: the same network, gate 1")
+    ap.add_argument("--gate-penalty", type=float, default=0.0,
+                    help="add this multiple of the mean spectral gate to the loss (a price on the correction)")
     ap.add_argument("--gate-lr", type=float, default=None,
                     help="learning rate of the spectral gate's two weights (default: --lr)")
     ap.add_argument("--hidden", type=int, default=32)
