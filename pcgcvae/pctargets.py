@@ -217,6 +217,7 @@ def inference(size: int) -> list[dict]:
     from .pattern import factor_pattern
     from .petsc_csr import csr_to_mat, mat_to_csr
     from .problems import ProblemSpec, build_problem
+    from .spectrum import spectral_feature
 
     spec = ProblemSpec("poisson", size, degree=1, mesh="square", seed=5,
                        params={"kappa": "lognormal", "sigma": 1.5, "corr": 0.1})
@@ -225,9 +226,10 @@ def inference(size: int) -> list[dict]:
     rows = []
     net, _ = load_inference_model("poisson")
     base = fsai_values(ahat, s) if net.residual else None  # what a residual model corrects (not timed)
+    spectral = spectral_feature(ahat, s, base) if net.spectral_gate is not None else None  # (not timed)
 
     def numpy_forward() -> np.ndarray:
-        return net.generate(build_arrays(ahat, s, a2_on_s=a2), use_mean=True, base=base)[0]
+        return net.generate(build_arrays(ahat, s, a2_on_s=a2), use_mean=True, base=base, spectral=spectral)[0]
 
     import torch
 
@@ -238,7 +240,10 @@ def inference(size: int) -> list[dict]:
     model, _ = load_model("poisson")
 
     def torch_forward() -> np.ndarray:
-        return model.generate(build_graph(ahat, s, a2_on_s=a2, target=base), use_mean=True)[0].numpy()
+        data = build_graph(ahat, s, a2_on_s=a2, target=base)
+        if spectral is not None:
+            data.spectral = torch.tensor([spectral])
+        return model.generate(data, use_mean=True)[0].numpy()
 
     results = {}
     for name, fn in (("numpy", numpy_forward), ("torch", torch_forward)):
@@ -297,7 +302,7 @@ def inference_widths(size: int, reps: int = 5) -> list[dict]:
         shapes = inference_weight_shapes({"class": "GCVAE", **a})
         net = NumpyGCVAE({k: (0.1 * rng.standard_normal(v)).astype(np.float32) for k, v in shapes.items()}, a)
         row = {"dofs": ahat.n, "hidden": hidden, "decoder_layers": decoder, "prior_layers": prior,
-               "forward_s": median(lambda n=net: n.generate(data, use_mean=True, base=base)),
+               "forward_s": median(lambda n=net: n.generate(data, use_mean=True, base=base, spectral=1.0)),
                "fsai_values_s": fsai_s}
         row["forward_over_fsai"] = round(row["forward_s"] / fsai_s, 2)
         print(json.dumps(row))

@@ -127,11 +127,21 @@ def fsai_base(model: GCVAE, ahat: CSR, s: CSR) -> np.ndarray | None:
     return fsai_values(ahat, s) if model.config.residual else None
 
 
+def spectral_input(model: GCVAE, ahat: CSR, s: CSR, base: np.ndarray | None) -> float | None:
+    """The spectral gate's input for a model with one (what GCVAEPC computes), else None."""
+    from pcgcvae.spectrum import spectral_feature
+
+    return spectral_feature(ahat, s, base) if model.config.spectral_gate else None
+
+
 def compare(model: GCVAE, net: NumpyGCVAE, ahat: CSR, s: CSR, a2: np.ndarray | None, bs: int, seed: int) -> None:
     """Prior, decoder on a fixed z, generate (mean and sampled) of both implementations agree (a residual
     model corrects FSAI's values on S, given to both)."""
     base = fsai_base(model, ahat, s)
+    phi = spectral_input(model, ahat, s, base)
     data = build_graph(ahat, s, a2_on_s=a2, block_size=bs, target=base)
+    if phi is not None:
+        data.spectral = torch.tensor([phi])
     arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=bs)
     with torch.no_grad():
         mu_t, logvar_t = model.prior_params(data)
@@ -139,13 +149,13 @@ def compare(model: GCVAE, net: NumpyGCVAE, ahat: CSR, s: CSR, a2: np.ndarray | N
         assert_close(mu, mu_t.numpy())
         assert_close(logvar, logvar_t.numpy())
         z = torch.randn(ahat.n, model.config.latent, generator=torch.Generator().manual_seed(seed))
-        assert_close(net.decode(arrays, z.numpy(), base=base), model.decode(data, z).numpy())
-    (mean_np,) = net.generate(arrays, use_mean=True, base=base)
+        assert_close(net.decode(arrays, z.numpy(), base=base, spectral=phi), model.decode(data, z).numpy())
+    (mean_np,) = net.generate(arrays, use_mean=True, base=base, spectral=phi)
     (mean_t,) = model.generate(data, use_mean=True)
     assert_close(mean_np, mean_t.numpy())
     assert np.all(mean_np[arrays.s_diag] > 0)
     # sampled latents: z = mu + exp(logvar / 2) eps, eps from the generator given
-    samples = net.generate(arrays, samples=2, rng=np.random.default_rng(seed), base=base)
+    samples = net.generate(arrays, samples=2, rng=np.random.default_rng(seed), base=base, spectral=phi)
     rng = np.random.default_rng(seed)
     for got in samples:
         eps = rng.standard_normal(mu.shape, dtype=np.float32)
@@ -208,6 +218,9 @@ def compare_float64(model: GCVAE, ahat: CSR, s: CSR, a2: np.ndarray | None, bs: 
     model64, data = to_float64(model, build_graph(ahat, s, a2_on_s=a2, block_size=bs, target=base))
     if base is not None:
         data.target = torch.from_numpy(base)
+    phi = spectral_input(model, ahat, s, base)
+    if phi is not None:
+        data.spectral = torch.tensor([phi], dtype=torch.float64)
     arrays = build_arrays(ahat, s, a2_on_s=a2, block_size=bs)
     with torch.no_grad():
         mu_t, logvar_t = model64.prior_params(data)
@@ -218,8 +231,9 @@ def compare_float64(model: GCVAE, ahat: CSR, s: CSR, a2: np.ndarray | None, bs: 
             assert rel_diff(logvar, logvar_t.numpy()) <= 1e-10
         z = torch.randn(ahat.n, model.config.latent, generator=torch.Generator().manual_seed(seed),
                         dtype=torch.float64)
-        assert rel_diff(net.decode(arrays, z.numpy(), base=base), model64.decode(data, z).numpy()) <= 1e-10
-    (mean_np,) = net.generate(arrays, use_mean=True, base=base)
+        assert rel_diff(net.decode(arrays, z.numpy(), base=base, spectral=phi),
+                        model64.decode(data, z).numpy()) <= 1e-10
+    (mean_np,) = net.generate(arrays, use_mean=True, base=base, spectral=phi)
     (mean_t,) = model64.generate(data, use_mean=True)
     assert mean_np.dtype == np.float64
     assert rel_diff(mean_np, mean_t.numpy()) <= 1e-10
@@ -357,6 +371,8 @@ def test_spectral_gate_model() -> None:
         assert_close(mean_np, mean_t.numpy())
         with pytest.raises(ValueError, match="spectral"):
             net.generate(arrays, use_mean=True, base=base)
+        compare(model, net, ahat, s, a2, bs=1, seed=k)  # prior, decoder, sampled latents
+        compare_float64(model, ahat, s, a2, bs=1, seed=k)
         graphs.append((data, arrays, base, phi))
     # a batch of the two graphs: each gets its own gate
     batch = Batch.from_data_list([g[0] for g in graphs])
