@@ -5,7 +5,8 @@ For each problem (names as in ``docs/bench-foreign/foreign.md``) and preconditio
 norm: the suite's options) and print the iterations and the extreme eigenvalue estimates of the
 preconditioned operator from that solve (``KSPSetComputeSingularValues``).  Also prints the distribution of
 log F_ii (FSAI's diagonal on Â, i.e. -1/2 log of the local Schur complements: a decoder input of models with
-``fsai_inputs``) at pattern levels 1 and 2, and with ``--datasets`` the same per training sample.
+``fsai_inputs``) and the input of a spectral gate (:func:`pcgcvae.spectrum.spectral_feature`) at pattern
+levels 1 and 2, and with ``--datasets`` log F_ii per training sample.
 
     python scripts/foreign_spectrum.py --problems p2-reaction-disc fd9-aniso-1e-2 \\
         --pcs fsai fsai2 gcvae-noguard gcvae2-noguard [--model PATH] [--datasets data/poisson ...]
@@ -38,8 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     import firedrake  # noqa: F401  (first: it initialises PETSc)
     from petsc4py import PETSc
 
+    from pcgcvae.csr import CSR
     from pcgcvae.foreign import CG_OPTIONS, PC_OPTIONS, _random_rhs, all_cases
     from pcgcvae.petsc_csr import mat_to_csr
+    from pcgcvae.spectrum import spectral_feature
     from pcgcvae.training.dataset import prepare_sample
 
     cases = {c.name: c for c in all_cases()}
@@ -50,7 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         for level in (1, 2):
             ld = log_fsai_diagonal(sample[f"s{level}_indptr"], sample[f"s{level}_indices"],
                                    sample[f"s{level}_target"])
-            print(f"{name} L{level}: n {len(ld)}, log F_ii 5/50/95 % {np.percentile(ld, [5, 50, 95]).round(3)}")
+            ahat = CSR(sample["indptr"], sample["indices"], sample["data"])
+            s = CSR(sample[f"s{level}_indptr"], sample[f"s{level}_indices"], np.zeros(len(ld)))
+            phi = spectral_feature(ahat, s, sample[f"s{level}_target"])
+            print(f"{name} L{level}: n {len(ld)}, log F_ii 5/50/95 % {np.percentile(ld, [5, 50, 95]).round(3)}, "
+                  f"spectral gate input (log condition estimate of F A F^T) {phi:.3f}")
         for pc in args.pcs:
             prefix = f"spectrum{k}_{pc.replace('-', '_')}_"
             opts = PETSc.Options()
