@@ -434,6 +434,38 @@ def test_gate_penalty_prices_the_gate() -> None:
     assert losses[0.3] - losses[0.0] == pytest.approx(0.3 * gate.mean().item(), rel=1e-5)
 
 
+def test_cond_hinge_prices_losses_to_fsai() -> None:
+    """train --cond-hinge: FSAI's log condition is stored per graph once; a residual model with a zero
+    correction (G = F) has no excess over it, a perturbed one pays the hinge times its mean excess."""
+    from torch_geometric.data import Batch
+
+    from pcgcvae.fsai import fsai_values, kaporin_score
+    from pcgcvae.training.train import fsai_log_conditions, gcvae_loss
+
+    graphs = []
+    for k in range(2):
+        ahat, s, a2 = random_problem(50 + 30 * k, seed=60 + k)
+        base = fsai_values(ahat, s)
+        g = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base, triplets=True)
+        g.target_score = torch.tensor([kaporin_score(base, s)])
+        graphs.append(g)
+    fsai_log_conditions(graphs, max_n=1000)
+    batch = Batch.from_data_list(graphs)
+    assert batch.fsai_log_cond.shape == (2,) and torch.all(batch.fsai_log_cond > 0)
+    zero = GCVAE(GCVAEConfig(hidden=8, decoder_layers=1, prior_layers=1, residual=True)).eval()
+    _, parts = gcvae_loss(zero, batch, beta=0.01, cond_weight=1.0, cond_max_n=1000, cond_hinge=3.0,
+                          generator=torch.Generator().manual_seed(0))
+    assert parts["cond_excess"] == pytest.approx(0.0, abs=1e-9)
+    model = random_model(4, residual=True)
+    losses, parts = {}, {}
+    for mu in (0.0, 3.0):
+        loss, parts[mu] = gcvae_loss(model, batch, beta=0.01, cond_weight=1.0, cond_max_n=1000, cond_hinge=mu,
+                                     generator=torch.Generator().manual_seed(0))
+        losses[mu] = loss.item()
+    assert parts[3.0]["cond_excess"] > 0
+    assert losses[3.0] - losses[0.0] == pytest.approx(3.0 * parts[3.0]["cond_excess"], rel=1e-6)
+
+
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_float64_equals_torch_shipped_models(real_graphs, name: str) -> None:
     """The same on a shipped model's real input (Firedrake graphs of its block size, levels 1 and 2)."""

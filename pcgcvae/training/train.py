@@ -34,8 +34,13 @@ FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
 
 def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: str = "kaporin",  # noqa: ANN001
                generator: torch.Generator | None = None, cond_weight: float = 0.0,
-               cond_max_n: int = 1200, gate_penalty: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+               cond_max_n: int = 1200, gate_penalty: float = 0.0,
+               cond_hinge: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of a batch and its parts (floats, for logging).
+
+    ``cond_hinge`` > 0 adds that multiple of the batch's mean max(0, log cond(G Â Gᵀ) - log cond(F Â Fᵀ))
+    over the same graphs (F: FSAI, the graphs' ``fsai_log_cond`` from :func:`fsai_log_conditions`): a price
+    on being worse than FSAI, graph by graph, where the mean log cond lets wins pay for losses.
 
     ``gate_penalty`` > 0 (models with a spectral gate) adds that multiple of the batch's mean gate:
     a price on the correction's size, so that the gate closes where the correction buys nothing (the
@@ -73,12 +78,37 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
         if len(log_cond):
             loss = loss + cond_weight * log_cond.mean().to(loss.dtype)
             parts["log_cond"] = log_cond.mean().item()
+            if cond_hinge > 0:
+                excess = torch.relu(log_cond - cond_reference(batch, cond_max_n).to(log_cond.dtype))
+                loss = loss + cond_hinge * excess.mean().to(loss.dtype)
+                parts["cond_excess"] = excess.mean().item()
     gate = model.gate(batch)
     if gate is not None:
         parts["gate"] = gate.mean().item()
         if gate_penalty > 0:
             loss = loss + gate_penalty * gate.mean().to(loss.dtype)
     return loss, {"loss": loss.item(), "kaporin_gap": gap.item(), "kl": kl.item(), "recon": rec.item(), **parts}
+
+
+def cond_reference(batch, max_n: int) -> torch.Tensor:  # noqa: ANN001
+    """The batch's FSAI log conditions (``fsai_log_cond``) of the graphs that
+    :func:`~pcgcvae.training.quality.log_condition_per_graph` keeps (at most ``max_n`` nodes, ``cond`` set)."""
+    ptr = getattr(batch, "ptr", None)
+    sizes = torch.diff(ptr) if ptr is not None else torch.tensor([batch.num_nodes])
+    keep = (sizes <= max_n) & (sizes > 0)
+    mask = getattr(batch, "cond", None)
+    if mask is not None:
+        keep &= mask.bool()
+    return batch.fsai_log_cond[keep]
+
+
+def fsai_log_conditions(graphs: list, max_n: int) -> None:
+    """Store on every graph log cond(F Â Fᵀ) of its FSAI factor (the graph's target), once, for
+    ``--cond-hinge`` (nan for graphs above ``max_n`` nodes, which the condition term skips)."""
+    with torch.no_grad():
+        for g in graphs:
+            v = log_condition_per_graph(g.target, g, max_n)
+            g.fsai_log_cond = v.reshape(1) if len(v) else torch.tensor([float("nan")], dtype=torch.float64)
 
 
 def load_datasets(paths: list[Path], levels: list[int], kaporin_only: list[Path] = ()) -> tuple[list, dict]:
@@ -170,10 +200,14 @@ def train(args: argparse.Namespace) -> Path:
         "cpu" if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cond_hinge > 0 and args.cond_weight <= 0:
+        raise ValueError("--cond-hinge needs --cond-weight > 0 (it compares the condition term's values)")
     graphs, index = load_datasets(args.data, args.levels, args.kaporin_only)
     if index["family"] != args.family:
         raise ValueError(f"--family {args.family}, but the dataset holds {index['family']} problems "
                          f"({' '.join(map(str, args.data))})")
+    if args.cond_hinge > 0:
+        fsai_log_conditions(graphs, args.cond_max_n)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(graphs))
     n_val = max(1, len(graphs) // 10)
@@ -225,7 +259,7 @@ def train(args: argparse.Namespace) -> Path:
             b = b.to(device)
             loss, parts = gcvae_loss(model, b, args.beta, args.recon, args.objective, generator=gen,
                                      cond_weight=args.cond_weight, cond_max_n=args.cond_max_n,
-                                     gate_penalty=args.gate_penalty)
+                                     gate_penalty=args.gate_penalty, cond_hinge=args.cond_hinge)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -258,6 +292,7 @@ def train(args: argparse.Namespace) -> Path:
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
             "dataset_seed": index["seed"], "datasets": index.get("datasets"), "seed": args.seed,
             "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr, "gate_penalty": args.gate_penalty,
+            "cond_hinge": args.cond_hinge,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "kaporin_only": [str(k) for k in args.kaporin_only],
@@ -312,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--spectral-gate", action="store_true",
                     help="(with --residual) scale the correction by a learned gate of log κ(F Â Fᵀ) "
                          "(pcgcvae.spectrum); with --init from a model without it: the same network, gate 1")
+    ap.add_argument("--cond-hinge", type=float, default=0.0,
+                    help="add this multiple of the mean max(0, log cond(G A G^T) - log cond(F A F^T)) per graph "
+                         "(F: FSAI): a price on being worse than FSAI (needs --cond-weight > 0)")
     ap.add_argument("--gate-penalty", type=float, default=0.0,
                     help="add this multiple of the mean spectral gate to the loss (a price on the correction)")
     ap.add_argument("--gate-lr", type=float, default=None,
