@@ -279,6 +279,18 @@ def test_residual_model_corrects_fsai() -> None:
     assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["residual"] is False
 
 
+def assert_residual_only_field(model: GCVAE, field: str) -> None:
+    """An architecture field that needs a residual model: refused without one (torch and the NumPy
+    header check), and read as False from architectures exported before it existed."""
+    with pytest.raises(ValueError, match="residual"):
+        GCVAE(GCVAEConfig(residual=False, **{field: True}))
+    arch = dict(model.config.to_dict())
+    with pytest.raises(CheckpointError, match=field):
+        inference.check_architecture({"class": "GCVAE", **arch, "residual": False}, "bad")
+    del arch[field]
+    assert inference.check_architecture({"class": "GCVAE", **arch}, "old")[field] is False
+
+
 def test_fsai_inputs_model() -> None:
     """A residual model whose decoder reads FSAI's values (GCVAEConfig.fsai_inputs): NumPy = torch in
     float32 and to 1e-10 in float64 (block sizes 1-2, entries of S outside A); the same network with
@@ -308,15 +320,9 @@ def test_fsai_inputs_model() -> None:
         grown.decoder.embed[0].weight[:, -1] = 1.0
     (moved,) = to_numpy(grown).generate(arrays, use_mean=True, base=base)
     assert not np.allclose(moved, before, rtol=1e-4)
-    with pytest.raises(ValueError, match="residual"):
-        GCVAE(GCVAEConfig(residual=False, fsai_inputs=True))
+    assert_residual_only_field(model, "fsai_inputs")
     with pytest.raises(ValueError, match="residual"):
         with_fsai_inputs(random_model(7))
-    arch = dict(model.config.to_dict())
-    with pytest.raises(CheckpointError, match="fsai_inputs"):
-        inference.check_architecture({"class": "GCVAE", **arch, "residual": False}, "bad")
-    del arch["fsai_inputs"]
-    assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["fsai_inputs"] is False
 
 
 def test_spectral_condition_estimate() -> None:
@@ -395,13 +401,9 @@ def test_spectral_gate_model() -> None:
     (before,) = to_numpy(old).generate(arrays, use_mean=True, base=base)
     (after,) = to_numpy(grown).generate(arrays, use_mean=True, base=base, spectral=phi)
     np.testing.assert_array_equal(after, before)
+    assert_residual_only_field(model, "spectral_gate")
     with pytest.raises(ValueError, match="residual"):
-        GCVAE(GCVAEConfig(residual=False, spectral_gate=True))
-    arch = dict(model.config.to_dict())
-    with pytest.raises(CheckpointError, match="spectral_gate"):
-        inference.check_architecture({"class": "GCVAE", **arch, "residual": False}, "bad")
-    del arch["spectral_gate"]
-    assert inference.check_architecture({"class": "GCVAE", **arch}, "old")["spectral_gate"] is False
+        with_spectral_gate(random_model(7))
 
 
 def test_gate_penalty_prices_the_gate() -> None:
