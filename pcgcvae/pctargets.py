@@ -310,8 +310,8 @@ def inference_widths(size: int, reps: int = 5) -> list[dict]:
     return rows
 
 
-STAGE_COLUMNS = ("local block", "ordering", "scale", "symmetry check", "pattern", "graph", "inference", "selection",
-                 "guard", "fsai", "assembly")
+STAGE_COLUMNS = ("local block", "ordering", "scale", "symmetry check", "pattern", "graph", "spectral input",
+                 "inference", "selection", "guard", "fsai", "assembly")
 
 
 def profile_table(rows: list[dict]) -> str:
