@@ -337,6 +337,10 @@ def test_spectral_condition_estimate() -> None:
     s = CSR(ident, np.arange(n), np.zeros(n))
     assert condition_estimate(diag, s, np.ones(n), steps=n) == pytest.approx(10.0, rel=1e-10)
     assert condition_estimate(diag, s, 1 / np.sqrt(d), steps=n) == pytest.approx(1.0, rel=1e-10)  # G Â Gᵀ = I
+    one = CSR(np.arange(2), np.zeros(1, dtype=int), np.ones(1))  # a rank with one row: no Lanczos breakdown
+    assert condition_estimate(one, one, np.ones(1)) == 1.0
+    empty = CSR(np.zeros(1, dtype=int), np.zeros(0, dtype=int), np.zeros(0))
+    assert spectral_feature(empty, empty, np.zeros(0)) == 0.0
     ahat, s2, _ = random_problem(300, seed=11)
     from pcgcvae.fsai import fsai_values
 
