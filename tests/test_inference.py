@@ -470,6 +470,20 @@ def test_cond_hinge_prices_losses_to_fsai() -> None:
         losses[mu] = loss.item()
     assert parts[3.0]["cond_excess"] > 0
     assert losses[3.0] - losses[0.0] == pytest.approx(3.0 * parts[3.0]["cond_excess"], rel=1e-6)
+    # a graph the condition term leaves out (--kaporin-only) is left out of the hinge too: each graph is
+    # compared with its own FSAI reference
+    from pcgcvae.training.quality import log_condition_per_graph, normalise_rows
+
+    for k in range(2):
+        batch.cond = torch.tensor([j == k for j in range(2)])
+        _, part = gcvae_loss(model, batch, beta=0.01, cond_weight=1.0, cond_max_n=1000, cond_hinge=3.0,
+                             generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            mu_q, lv_q = model.encode(batch)
+            eps = torch.randn(mu_q.shape, generator=torch.Generator().manual_seed(0))
+            g = normalise_rows(model.decode(batch, mu_q + torch.exp(0.5 * lv_q) * eps), batch)
+            (mine,) = log_condition_per_graph(g, batch, 1000, batch.cond)
+        assert part["cond_excess"] == pytest.approx(max(0.0, float(mine - batch.fsai_log_cond[k])), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", SHIPPED_MODELS)

@@ -83,6 +83,18 @@ def _extremal_log_condition(gv: torch.Tensor, rows: torch.Tensor, cols: torch.Te
     return torch.log(lam[0]) - torch.log(lam[1].clamp_min(1e-12))
 
 
+def _graph_bounds(data) -> list[int]:  # noqa: ANN001
+    ptr = getattr(data, "ptr", None)
+    return [0, data.num_nodes] if ptr is None else ptr.tolist()
+
+
+def condition_graphs(data, max_n: int, mask: torch.Tensor | None = None) -> list[int]:  # noqa: ANN001
+    """Which graphs of a batch :func:`log_condition_per_graph` measures, in its order: those with 1 to
+    ``max_n`` nodes that ``mask`` (a bool per graph, if given) marks."""
+    return [k for k, (lo, hi) in enumerate(itertools.pairwise(_graph_bounds(data)))
+            if 0 < hi - lo <= max_n and (mask is None or bool(mask[k]))]
+
+
 def log_condition_per_graph(g: torch.Tensor, data, max_n: int, mask: torch.Tensor | None = None,  # noqa: ANN001
                             dense_max_n: int = 1200) -> torch.Tensor:
     """log cond(G Â Gᵀ) (differentiable) of every graph of a batch with at most ``max_n`` nodes
@@ -90,16 +102,14 @@ def log_condition_per_graph(g: torch.Tensor, data, max_n: int, mask: torch.Tenso
     Dense eigenvalues up to ``dense_max_n`` nodes, sparse extremal eigenvectors with Rayleigh
     quotients above.  Kaporin is minimised exactly by FSAI, so this is
     the term that lets a trained factor beat FSAI in CG iterations."""
-    ptr = getattr(data, "ptr", None)
-    ptr = [0, data.num_nodes] if ptr is None else ptr.tolist()
     rows, cols = data.s_index
     ei, ea = data.edge_index, data.edge_attr
     in_a = ea[:, 2] > 0
     out = []
-    for k, (lo, hi) in enumerate(itertools.pairwise(ptr)):
+    bounds = list(itertools.pairwise(_graph_bounds(data)))
+    for k in condition_graphs(data, max_n, mask):
+        lo, hi = bounds[k]
         n = hi - lo
-        if n > max_n or n == 0 or (mask is not None and not bool(mask[k])):
-            continue
         ms = (rows >= lo) & (rows < hi)
         me = in_a & (ei[1] >= lo) & (ei[1] < hi)
         if n > dense_max_n:

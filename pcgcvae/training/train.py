@@ -27,7 +27,13 @@ from .._version import __version__
 from ..ordering import recorded_ordering
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GCVAE, GCVAEConfig, kl_divergence
-from .quality import frobenius_per_node, kaporin_per_graph, log_condition_per_graph, normalise_rows
+from .quality import (
+    condition_graphs,
+    frobenius_per_node,
+    kaporin_per_graph,
+    log_condition_per_graph,
+    normalise_rows,
+)
 
 FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
 
@@ -79,7 +85,8 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
             loss = loss + cond_weight * log_cond.mean().to(loss.dtype)
             parts["log_cond"] = log_cond.mean().item()
             if cond_hinge > 0:
-                excess = torch.relu(log_cond - cond_reference(batch, cond_max_n).to(log_cond.dtype))
+                kept = condition_graphs(batch, cond_max_n, getattr(batch, "cond", None))  # log_cond's graphs
+                excess = torch.relu(log_cond - batch.fsai_log_cond[kept].to(log_cond.dtype))
                 loss = loss + cond_hinge * excess.mean().to(loss.dtype)
                 parts["cond_excess"] = excess.mean().item()
     gate = model.gate(batch)
@@ -88,18 +95,6 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
         if gate_penalty > 0:
             loss = loss + gate_penalty * gate.mean().to(loss.dtype)
     return loss, {"loss": loss.item(), "kaporin_gap": gap.item(), "kl": kl.item(), "recon": rec.item(), **parts}
-
-
-def cond_reference(batch, max_n: int) -> torch.Tensor:  # noqa: ANN001
-    """The batch's FSAI log conditions (``fsai_log_cond``) of the graphs that
-    :func:`~pcgcvae.training.quality.log_condition_per_graph` keeps (at most ``max_n`` nodes, ``cond`` set)."""
-    ptr = getattr(batch, "ptr", None)
-    sizes = torch.diff(ptr) if ptr is not None else torch.tensor([batch.num_nodes])
-    keep = (sizes <= max_n) & (sizes > 0)
-    mask = getattr(batch, "cond", None)
-    if mask is not None:
-        keep &= mask.bool()
-    return batch.fsai_log_cond[keep]
 
 
 def fsai_log_conditions(graphs: list, max_n: int) -> None:
