@@ -507,3 +507,41 @@ def test_residual_model_starts_from_fsai_and_shares_it_with_the_guard(tiny_poiss
     capfd.readouterr()
     _ksp.view()
     assert "residual: corrects classical FSAI's factor on the same pattern" in capfd.readouterr().out
+
+
+def test_calibration_draws_like_the_chosen_generators(tiny_poisson, monkeypatch) -> None:
+    """Problem k of a calibration is drawn like generator k mod len(generators): by default the model's
+    training datasets' kinds, with --generators another list (so two models trained on different data can be
+    calibrated on the same problems); an unknown generator is refused by name."""
+    from pcgcvae import problems
+    from pcgcvae.training.calibrate import calibrate, generator_of
+
+    assert [generator_of(d) for d in ({}, {"broad": True}, {"stencils": True}, {"mass": True}, {"broad": False})] \
+        == ["default", "broad", "stencils", "mass", "default"]
+    drawn = []
+
+    class Enough(Exception):
+        pass
+
+    depth = []
+
+    def record(family, size, seed, broad=False, stencils=False, mass=False, **kw):
+        if depth:  # random_spec's own inner draws
+            return real(family, size, seed=seed, broad=broad, stencils=stencils, mass=mass, **kw)
+        drawn.append("stencils" if stencils else "mass" if mass else "broad" if broad else "default")
+        if len(drawn) == 5:
+            raise Enough
+        depth.append(1)
+        try:
+            return real(family, 4, seed=seed, broad=broad, stencils=stencils, mass=mass)
+        finally:
+            depth.pop()
+
+    real = problems.random_spec
+    monkeypatch.setattr(problems, "random_spec", record)
+    with pytest.raises(Enough):
+        calibrate(tiny_poisson, generators=["mass", "stencils"])
+    assert drawn == ["mass", "stencils", "mass", "stencils", "mass"]
+    drawn.clear()
+    with pytest.raises(ValueError, match="calibration generators must be among default, broad, stencils, mass"):
+        calibrate(tiny_poisson, generators=["mass", "p3"])

@@ -85,13 +85,27 @@ def ratio_from(points: list[tuple[float, float]]) -> float:
     return min(1.0, 0.999 * min(losses)) if losses else 1.0
 
 
+GENERATORS = ("default", "broad", "stencils", "mass")  # pcgcvae.problems.random_spec's draws
+
+
+def generator_of(dataset: dict) -> str:
+    """Which of :data:`GENERATORS` a recorded training dataset was drawn from."""
+    for kind in ("stencils", "mass", "broad"):
+        if dataset.get(kind):
+            return kind
+    return "default"
+
+
 def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
-              size_range: tuple[int, int] | None = None) -> dict:
+              size_range: tuple[int, int] | None = None, generators: list[str] | None = None) -> dict:
     """Measure the (gap, ratio) pairs and the thresholds of ``ckpt``; see the module docstring.
 
     ``size_range`` (cells per side) replaces the datasets' size range for the draws: the same
     generator and families at the sizes users solve (the training sizes need ~30 CG iterations,
-    too few for the short-CG prediction and for iteration ratios finer than a few percent)."""
+    too few for the short-CG prediction and for iteration ratios finer than a few percent).
+    ``generators`` (each one of :data:`GENERATORS`) replaces the kinds of the model's datasets that the
+    problems are drawn like in turn: problem k is drawn like ``generators[k % len(generators)]``, so a
+    model trained on another list of datasets can be calibrated on the same problems as another model."""
     import firedrake as fd
 
     from ..evaluate import parallel_options, solve
@@ -108,9 +122,13 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
                                        "size_range": [lo, hi], "broad": False}]
     used = set().union(*(training_seeds(int(d["seed"]), int(d["count"]), *d["size_range"]) for d in datasets))
     # problem k: drawn like dataset k mod len(datasets)
-    broad = [bool(d.get("broad")) for d in datasets]
-    stencils = [bool(d.get("stencils")) for d in datasets]
-    mass = [bool(d.get("mass")) for d in datasets]
+    kinds = generators or [generator_of(d) for d in datasets]
+    unknown = sorted(set(kinds) - set(GENERATORS))
+    if unknown or not kinds:
+        raise ValueError(f"calibration generators must be among {', '.join(GENERATORS)}, got {kinds}")
+    broad = [k == "broad" for k in kinds]
+    stencils = [k == "stencils" for k in kinds]
+    mass = [k == "mass" for k in kinds]
     ordering = recorded_ordering(meta)
     rng = np.random.default_rng(SEED_BASE)
     draw_lo, draw_hi = size_range or (lo, hi)
@@ -120,7 +138,7 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
         seed = SEED_BASE + k
         if seed in used:
             raise RuntimeError(f"calibration seed {seed} is a training seed; change SEED_BASE")
-        kind = k % len(datasets)
+        kind = k % len(kinds)
         spec = random_spec(family, size, seed=seed, broad=broad[kind], stencils=stencils[kind], mass=mass[kind])
         P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
         row = {"seed": seed, "size": size, "n": P.getSize()[0], "degree": spec.degree, "dim": spec.dim,
@@ -144,7 +162,7 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
         print(json.dumps(row), flush=True)
     return {**thresholds_of(rows, meta["pattern_levels"]), "rows": rows,
             "steps": DEFAULT_STEPS, "smooth": DEFAULT_SMOOTH, "size_range": [int(draw_lo), int(draw_hi)],
-            "heldout_sizes": draws[-2:],
+            "heldout_sizes": draws[-2:], "generators": kinds,
             "seeds": f"{SEED_BASE}..{SEED_BASE + len(draws) - 1} (disjoint from training)"}
 
 
@@ -189,7 +207,9 @@ def summary(result: dict) -> str:
     lines.append("")
     lines.append("Thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["thresholds"].items())
                  + f" ({result['rule']}; seeds {result['seeds']}; sizes {result.get('size_range')} cells per side "
-                 f"and {result.get('heldout_sizes')})")
+                 f"and {result.get('heldout_sizes')}"
+                 + (f"; drawn like {', '.join(result['generators'])} in turn" if result.get("generators") else "")
+                 + ")")
     lines.append("Ratio thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["ratios"].items())
                  + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor from x* smoothed by "
                    f"{result.get('smooth', 0)} Jacobi sweeps)")
@@ -204,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path, help="write the markdown table here")
     ap.add_argument("--size-range", type=int, nargs=2, metavar=("LO", "HI"),
                     help="cells per side of the drawn problems (default: the training datasets' range)")
+    ap.add_argument("--generators", nargs="+", choices=GENERATORS, metavar="KIND",
+                    help="draw the problems like these generators in turn (default: like the model's training "
+                    f"datasets, in their order; choices: {', '.join(GENERATORS)})")
     ap.add_argument("--stored", action="store_true",
                     help="no solves: apply the rules to the measurements the checkpoint already stores")
     args = ap.parse_args(argv)
@@ -218,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                meta["pattern_levels"])}
     else:
         result = calibrate(args.checkpoint, args.count,
-                           size_range=tuple(args.size_range) if args.size_range else None)
+                           size_range=tuple(args.size_range) if args.size_range else None,
+                           generators=args.generators)
     text = summary(result)
     print(text)
     if args.report:
