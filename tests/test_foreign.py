@@ -28,6 +28,7 @@ TRAINING_DATASETS = [
     ("poisson", 160, 8, 28, 1, None, True, False, False),
     ("poisson", 80, 8, 28, 2, None, False, True, False),
     ("poisson", 80, 8, 28, 3, None, False, False, True),
+    ("poisson", 48, 32, 64, 4, None, True, False, False),
     ("elasticity", 120, 4, 14, 0, None, False, False, False),
     ("elasticity", 120, 4, 14, 1, None, True, False, False),
 ]
@@ -172,7 +173,10 @@ def test_no_suite_matrix_is_a_training_matrix(quick_suite: Path, tmp_path, monke
         for t in training.get(fp["n"], []):  # same size: compare structure and values
             assert t["exact"] != fp["exact"], f"{p['problem']} is a training matrix"
             assert t["perm"] != fp["perm"], f"{p['problem']} is a renumbered training matrix"
-    assert all(p["fingerprint"]["n"] > max(training) for p in full)  # the full suite is larger than any of them
+    # Since the larger-graph dataset (seed 4, 2026-12-06) the training matrices reach 35937 rows, so suite and
+    # training sizes overlap (the suite's are 12961-27000): the size test alone no longer separates them, and
+    # the exact and renumbering-invariant comparisons above, on every same-size pair, are the check.
+    assert max(training) >= min(p["fingerprint"]["n"] for p in full)
 
     # the comparison can fail: a training matrix, also renumbered, is found
     import firedrake as fd
