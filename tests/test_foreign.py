@@ -173,10 +173,11 @@ def test_no_suite_matrix_is_a_training_matrix(quick_suite: Path, tmp_path, monke
         for t in training.get(fp["n"], []):  # same size: compare structure and values
             assert t["exact"] != fp["exact"], f"{p['problem']} is a training matrix"
             assert t["perm"] != fp["perm"], f"{p['problem']} is a renumbered training matrix"
-    # Since the larger-graph dataset (seed 4, 2026-12-06) the training matrices reach 35937 rows, so suite and
-    # training sizes overlap (the suite's are 12961-27000): the size test alone no longer separates them, and
-    # the exact and renumbering-invariant comparisons above, on every same-size pair, are the check.
-    assert max(training) >= min(p["fingerprint"]["n"] for p in full)
+    # Since the larger-graph dataset (seed 4, 2026-12-06) the training matrices reach 35937 rows and suite and
+    # training sizes overlap (the suite's are 12961-27000), so sizes alone no longer separate them: the exact and
+    # renumbering-invariant comparisons above are the check, and they ran on real same-size pairs (16641 rows:
+    # q2-jumps and p2-reaction against training matrices of that size), not only on the constructed one below.
+    assert any(p["fingerprint"]["n"] in training for p in full)
 
     # the comparison can fail: a training matrix, also renumbered, is found
     import firedrake as fd

@@ -121,14 +121,11 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
     datasets = tr.get("datasets") or [{"seed": tr.get("dataset_seed", 0), "count": tr.get("samples", 200),
                                        "size_range": [lo, hi], "broad": False}]
     used = set().union(*(training_seeds(int(d["seed"]), int(d["count"]), *d["size_range"]) for d in datasets))
-    # problem k: drawn like dataset k mod len(datasets)
+    # problem k: drawn like generator k mod len(kinds) (default: like the model's datasets, in order)
     kinds = generators or [generator_of(d) for d in datasets]
     unknown = sorted(set(kinds) - set(GENERATORS))
     if unknown or not kinds:
         raise ValueError(f"calibration generators must be among {', '.join(GENERATORS)}, got {kinds}")
-    broad = [k == "broad" for k in kinds]
-    stencils = [k == "stencils" for k in kinds]
-    mass = [k == "mass" for k in kinds]
     ordering = recorded_ordering(meta)
     rng = np.random.default_rng(SEED_BASE)
     draw_lo, draw_hi = size_range or (lo, hi)
@@ -138,12 +135,11 @@ def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
         seed = SEED_BASE + k
         if seed in used:
             raise RuntimeError(f"calibration seed {seed} is a training seed; change SEED_BASE")
-        kind = k % len(kinds)
-        spec = random_spec(family, size, seed=seed, broad=broad[kind], stencils=stencils[kind], mass=mass[kind])
+        drawn_like = {g: kinds[k % len(kinds)] == g for g in ("broad", "stencils", "mass")}
+        spec = random_spec(family, size, seed=seed, **drawn_like)
         P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
         row = {"seed": seed, "size": size, "n": P.getSize()[0], "degree": spec.degree, "dim": spec.dim,
-               "mesh": spec.mesh, "broad": broad[kind], "stencils": stencils[kind],
-               "mass": mass[kind]}
+               "mesh": spec.mesh, **drawn_like}
         for level in meta["pattern_levels"]:
             fsai = solve(P, {**parallel_options("fsai", 1), "pc_fsai_pattern_level": level,
                              "pc_fsai_ordering": ordering})
