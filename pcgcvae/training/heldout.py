@@ -8,6 +8,17 @@ from pathlib import Path
 
 from ..evaluate import parallel_options, solve
 from ..ordering import recorded_ordering
+from ..problems import ProblemSpec, random_spec
+
+
+def heldout_spec(family: str, size: int, dim: int = 2, seed: int = 1000) -> ProblemSpec:
+    """The held-out problem of ``family`` at ``size`` cells per side: P1 on the unit square (cube: 3D
+    elasticity), problem seed ``seed + size`` (Poisson: log-normal κ, σ 1.5, correlation length 0.1)."""
+    if family == "poisson":
+        spec = random_spec("poisson", size, seed=seed + size, degree=1, mesh="square")
+        spec.params.update(kappa="lognormal", sigma=1.5, corr=0.1)
+        return spec
+    return random_spec("elasticity", size, seed=seed + size, dim=dim, degree=1, mesh="square")
 
 
 def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000,
@@ -26,18 +37,14 @@ def evaluate_heldout(ckpt: Path, family: str, sizes: list[int], seed: int = 1000
     gcvae_rows = [name for name, level in (("gcvae", 1), ("gcvae2", 2)) if level in levels]
     import firedrake as fd
 
-    from ..problems import build_problem, random_spec
+    from ..problems import build_problem
     from .checkpoint import load_model
 
     ordering = recorded_ordering(load_model(str(ckpt))[1]["meta"])
 
     rows = []
     for dim, size in [(2, s) for s in sizes] + [(3, s) for s in sizes_3d]:
-        if family == "poisson":
-            spec = random_spec("poisson", size, seed=seed + size, degree=1, mesh="square")
-            spec.params.update(kappa="lognormal", sigma=1.5, corr=0.1)
-        else:
-            spec = random_spec("elasticity", size, seed=seed + size, dim=dim, degree=1, mesh="square")
+        spec = heldout_spec(family, size, dim, seed)
         problem = build_problem(spec, comm=fd.COMM_SELF)
         P = problem.assemble_matrix()
         row = {"size": size, "dim": dim, "n": P.getSize()[0], "spec": spec.to_dict()}
