@@ -28,11 +28,13 @@ from ..ordering import recorded_ordering
 from .checkpoint import load_checkpoint, save_checkpoint
 from .model import GCVAE, GCVAEConfig, kl_divergence
 from .quality import (
+    cg_rate_per_graph,
     condition_graphs,
     frobenius_per_node,
     kaporin_per_graph,
     log_condition_per_graph,
     normalise_rows,
+    scaled_operator_triplets,
 )
 
 FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
@@ -41,7 +43,8 @@ FAMILY_BLOCK_SIZES = {"poisson": [1], "elasticity": [2, 3]}
 def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: str = "kaporin",  # noqa: ANN001
                generator: torch.Generator | None = None, cond_weight: float = 0.0,
                cond_max_n: int = 1200, gate_penalty: float = 0.0,
-               cond_hinge: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+               cond_hinge: float = 0.0, cg_weight: float = 0.0,
+               cg_probes: int = 4) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of a batch and its parts (floats, for logging).
 
     ``cond_hinge`` > 0 adds that multiple of the batch's mean max(0, log cond(G Â Gᵀ) - log cond(F Â Fᵀ))
@@ -51,6 +54,11 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     ``gate_penalty`` > 0 (models with a spectral gate) adds that multiple of the batch's mean gate:
     a price on the correction's size, so that the gate closes where the correction buys nothing (the
     objectives are flat there) and stays open where it lowers the condition number by more.
+
+    ``cg_weight`` > 0 adds that multiple of the batch's mean predicted iteration ratio to FSAI, rate(F) / rate(G),
+    from ``cg_probes`` CG runs per graph with each factor on the same fresh random right-hand sides, unrolled
+    over the graph's ``cg_steps`` (:func:`fsai_cg_steps`; graphs with 0 are left out):
+    :func:`pcgcvae.training.quality.cg_rate_per_graph`.
 
     ``cond_weight`` > 0 adds that multiple of the mean log cond(G Â Gᵀ) over the batch's graphs
     with at most ``cond_max_n`` nodes (dense eigenvalues) whose ``cond`` flag is set (all when the
@@ -89,6 +97,11 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
                 excess = torch.relu(log_cond - batch.fsai_log_cond[kept].to(log_cond.dtype))
                 loss = loss + cond_hinge * excess.mean().to(loss.dtype)
                 parts["cond_excess"] = excess.mean().item()
+    if cg_weight > 0:
+        ratio = cg_iteration_ratio(g, batch, cg_probes, generator)
+        if ratio is not None:
+            loss = loss + cg_weight * ratio.mean().to(loss.dtype)
+            parts["cg_ratio"] = ratio.mean().item()
     gate = model.gate(batch)
     if gate is not None:
         parts["gate"] = gate.mean().item()
@@ -104,6 +117,46 @@ def fsai_log_conditions(graphs: list, max_n: int) -> None:
         for g in graphs:
             v = log_condition_per_graph(g.target, g, max_n)
             g.fsai_log_cond = v.reshape(1) if len(v) else torch.tensor([float("nan")], dtype=torch.float64)
+
+
+def cg_iteration_ratio(g: torch.Tensor, batch, probes: int,  # noqa: ANN001
+                       generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """Per graph with ``cg_steps`` > 0, the predicted CG iterations of the factor ``g`` over FSAI's (the
+    graphs' ``target``): rate(F) / rate(G) over the same ``probes`` random right-hand sides (None when no
+    graph of the batch has steps)."""
+    steps = batch.cg_steps.reshape(-1)
+    if not bool((steps > 0).any()):
+        return None
+    rhs = torch.randn(batch.num_nodes, probes, generator=generator, dtype=torch.float64)
+    run = torch.where(steps > 0, steps, torch.ones_like(steps))
+    rate_g = cg_rate_per_graph(g, batch, run, rhs)
+    with torch.no_grad():
+        rate_f = cg_rate_per_graph(batch.target, batch, run, rhs)
+    keep = steps > 0
+    return rate_f[keep] / torch.clamp(rate_g[keep], max=-1e-6)
+
+
+def fsai_cg_steps(graphs: list, fraction: float, max_n: int, rtol: float = 1e-8) -> None:
+    """Store on every graph ``cg_steps``: ``fraction`` of FSAI's CG iterations to ``rtol`` on a random right-hand
+    side (scipy's CG on Â with M = Fᵀ F, F the graph's target), at least 1; 0 for graphs above ``max_n`` nodes."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    rng = np.random.default_rng(0)
+    for g in graphs:
+        n = g.num_nodes
+        if n > max_n:
+            g.cg_steps = torch.tensor([0])
+            continue
+        r, c, v = (t.numpy() for t in scaled_operator_triplets(g))
+        a = sp.csr_matrix((v, (r, c)), shape=(n, n))
+        rows, cols = g.s_index.numpy()
+        f = sp.csr_matrix((g.target.double().numpy(), (rows, cols)), shape=(n, n))
+        m = LinearOperator((n, n), matvec=lambda x, f=f: f.T @ (f @ x), dtype=np.float64)
+        count = [0]
+        cg(a, rng.standard_normal(n), rtol=rtol, atol=0.0, M=m, maxiter=20 * n,
+           callback=lambda _x, count=count: count.__setitem__(0, count[0] + 1))
+        g.cg_steps = torch.tensor([max(1, round(fraction * count[0]))])
 
 
 def load_datasets(paths: list[Path], levels: list[int], kaporin_only: list[Path] = ()) -> tuple[list, dict]:
@@ -203,6 +256,8 @@ def train(args: argparse.Namespace) -> Path:
                          f"({' '.join(map(str, args.data))})")
     if args.cond_hinge > 0:
         fsai_log_conditions(graphs, args.cond_max_n)
+    if args.cg_weight > 0:
+        fsai_cg_steps(graphs, args.cg_fraction, args.cg_max_n)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(graphs))
     n_val = max(1, len(graphs) // 10)
@@ -254,7 +309,8 @@ def train(args: argparse.Namespace) -> Path:
             b = b.to(device)
             loss, parts = gcvae_loss(model, b, args.beta, args.recon, args.objective, generator=gen,
                                      cond_weight=args.cond_weight, cond_max_n=args.cond_max_n,
-                                     gate_penalty=args.gate_penalty, cond_hinge=args.cond_hinge)
+                                     gate_penalty=args.gate_penalty, cond_hinge=args.cond_hinge,
+                                     cg_weight=args.cg_weight, cg_probes=args.cg_probes)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -287,7 +343,8 @@ def train(args: argparse.Namespace) -> Path:
             "n_range": [min(s["n"] for s in index["samples"]), max(s["n"] for s in index["samples"])],
             "dataset_seed": index["seed"], "datasets": index.get("datasets"), "seed": args.seed,
             "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr, "gate_penalty": args.gate_penalty,
-            "cond_hinge": args.cond_hinge,
+            "cond_hinge": args.cond_hinge, "cg_weight": args.cg_weight, "cg_fraction": args.cg_fraction,
+            "cg_probes": args.cg_probes, "cg_max_n": args.cg_max_n,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "kaporin_only": [str(k) for k in args.kaporin_only],
@@ -345,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cond-hinge", type=float, default=0.0,
                     help="add this multiple of the mean max(0, log cond(G A G^T) - log cond(F A F^T)) per graph "
                          "(F: FSAI): a price on being worse than FSAI (needs --cond-weight > 0)")
+    ap.add_argument("--cg-weight", type=float, default=0.0,
+                    help="add this multiple of the predicted CG iterations over FSAI's, from unrolled CG runs with "
+                         "both factors (cg_iteration_ratio)")
+    ap.add_argument("--cg-fraction", type=float, default=0.75,
+                    help="--cg-weight: unrolled steps per graph as a fraction of FSAI's iterations to 1e-8")
+    ap.add_argument("--cg-probes", type=int, default=4, help="--cg-weight: random right-hand sides per graph")
+    ap.add_argument("--cg-max-n", type=int, default=40000, help="--cg-weight: largest graph the CG term runs on")
     ap.add_argument("--gate-penalty", type=float, default=0.0,
                     help="add this multiple of the mean spectral gate to the loss (a price on the correction)")
     ap.add_argument("--gate-lr", type=float, default=None,
