@@ -211,10 +211,11 @@ def model_values(op: LocalOperator, model: str, block_size: int) -> np.ndarray:
 
 def measure(family: str, sizes: list[int], sizes_3d: list[int], ordering: str, level: int, steps: int, lr: float,
             model: str | None = None, seed: int = 1000, objective: str = "condition", cg_fraction: float = 1.0,
-            probes: int = 4) -> list[dict]:
+            probes: int = 4, start: str = "fsai") -> list[dict]:
     """One row per held-out problem: FSAI's, the optimised factor's (and the model's) log cond, CG
     iterations and, with ``objective`` "cg", the unrolled-CG rate over ``cg_fraction`` x FSAI's
-    iterations (:func:`cg_objective`), which the optimisation then lowers instead of log cond."""
+    iterations (:func:`cg_objective`), which the optimisation then lowers instead of log cond; ``start``: from
+    FSAI's values or from the model's factor (``model`` needed)."""
     import firedrake as fd
 
     from ..petsc_csr import mat_to_csr
@@ -240,8 +241,9 @@ def measure(family: str, sizes: list[int], sizes_3d: list[int], ordering: str, l
             row["probes"] = probes
             measures["cg_rate"] = cg_objective(op, row["cg_steps"], probes)
         t0 = time.perf_counter()
-        candidates["optimised"], _ = optimise(measures["cg_rate" if objective == "cg" else "log_cond"], fsai,
-                                              steps, lr)
+        row["start"] = start
+        g0 = candidates["model"] if start == "model" else fsai
+        candidates["optimised"], _ = optimise(measures["cg_rate" if objective == "cg" else "log_cond"], g0, steps, lr)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         for name, g in candidates.items():
             for key, fn in measures.items():
@@ -269,13 +271,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cg-fraction", type=float, default=1.0,
                     help="--objective cg: unrolled CG steps as a fraction of FSAI's iterations")
     ap.add_argument("--probes", type=int, default=4, help="--objective cg: random solutions averaged over")
+    ap.add_argument("--start", choices=["fsai", "model"], default="fsai",
+                    help="start the optimisation from FSAI's values or from the model's factor (needs --model)")
     ap.add_argument("--model", default=None, help="also run this model's factor through the same CG (level 1 only)")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     args = ap.parse_args(argv)
     if args.sizes_3d and args.family != "elasticity":
         ap.error("--sizes-3d: 3D held-out problems exist for the elasticity family only")
+    if args.start == "model" and (args.model is None or args.level != 1):
+        ap.error("--start model needs --model (and pattern level 1)")
     rows = measure(args.family, args.sizes, args.sizes_3d, args.ordering, args.level, args.steps, args.lr, args.model,
-                   objective=args.objective, cg_fraction=args.cg_fraction, probes=args.probes)
+                   objective=args.objective, cg_fraction=args.cg_fraction, probes=args.probes, start=args.start)
     if args.out:
         args.out.write_text(json.dumps({"command": " ".join(["python -m pcgcvae.training.ceiling", *sys.argv[1:]]),
                                         "rows": rows}, indent=1))

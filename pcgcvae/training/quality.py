@@ -144,45 +144,53 @@ def scaled_operator_triplets(data) -> tuple[torch.Tensor, torch.Tensor, torch.Te
             torch.cat([ea[in_a, 0].double(), torch.ones(n, dtype=torch.float64, device=ei.device)]))
 
 
-def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, rhs: torch.Tensor,  # noqa: ANN001
+def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.Tensor,  # noqa: ANN001
                       floor: float = 1e-24) -> torch.Tensor:
-    """Each graph's mean log residual reduction per step, log(‖r_k‖² / ‖b‖²) / k averaged over the columns
-    of ``rhs`` (n, probes), after ``steps[graph]`` = k steps of CG on Â x = b preconditioned by M = Gᵀ G
-    from x0 = 0, unrolled and differentiable in ``g`` (float64).  Lower is faster: the quotient of two
-    factors' rates predicts the quotient of their iteration counts (:mod:`pcgcvae.trial`).  A column whose
-    residual falls below ``floor`` × ‖b‖² stops there (small graphs converge exactly)."""
+    """Each graph's mean log energy-norm error reduction per step, log(‖x_k − x*‖²_Â / ‖x*‖²_Â) / k averaged
+    over the columns of ``xstar`` (n, probes), after ``steps[graph]`` = k steps of CG on Â x = Â x*
+    preconditioned by M = Gᵀ G from x0 = 0, unrolled and differentiable in ``g`` (float64).  CG lowers the
+    energy norm of the error at every step, so the rate is negative for any SPD M and lower is faster: the
+    quotient of two factors' rates predicts the quotient of their iteration counts (:mod:`pcgcvae.trial`).
+    A column whose error falls below ``floor`` × its start stops there (small graphs converge exactly)."""
     n = data.num_nodes
     batch, ngraph = _graph_index(data)
     a_rows, a_cols, a_val = scaled_operator_triplets(data)
     rows, cols = data.s_index
     gd = g.double()
-    probes = rhs.shape[1]
+    probes = xstar.shape[1]
 
     def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return torch.zeros(ngraph, probes, dtype=u.dtype, device=u.device).index_add_(0, batch, u * v)
 
+    def amul(v: torch.Tensor) -> torch.Tensor:
+        return _spmv(a_val, a_rows, a_cols, v, n)
+
     def precondition(v: torch.Tensor) -> torch.Tensor:
         return _spmv(gd, cols, rows, _spmv(gd, rows, cols, v, n), n)
 
-    b = rhs.double()
-    r0 = dot(b, b)
-    r = b
+    xs = xstar.double()
+    r = amul(xs)
+    e0 = dot(xs, r)  # ‖x*‖²_Â
+    x = torch.zeros_like(xs)
     z = precondition(r)
     p, rz = z, dot(r, z)
-    final = r0
+    final = e0
     steps = steps.to(batch.device)
     for k in range(1, int(steps.max()) + 1):
-        active = dot(r, r) > floor * r0  # per (graph, probe)
-        ap = _spmv(a_val, a_rows, a_cols, p, n)
+        active = rz > floor * e0  # (rᵀ M r: 0 once a column has converged exactly)
+        ap = amul(p)
         pap = dot(p, ap)
-        alpha = torch.where(active & (pap > 0), rz / torch.where(pap > 0, pap, torch.ones_like(pap)),
-                            torch.zeros_like(pap))
+        ok = active & (pap > 0)
+        alpha = torch.where(ok, rz / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        x = x + alpha[batch] * p
         r = r - alpha[batch] * ap
         z = precondition(r)
         rz_new = dot(r, z)
-        beta = torch.where(active & (rz > 0), rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)),
-                           torch.zeros_like(rz))
+        ok = active & (rz > 0)
+        beta = torch.where(ok, rz_new / torch.where(ok, rz, torch.ones_like(rz)), torch.zeros_like(rz))
         p = z + beta[batch] * p
         rz = rz_new
-        final = torch.where((steps == k)[:, None], dot(r, r), final)
-    return (torch.log(torch.clamp(final / r0, min=floor)) / steps.double()[:, None]).mean(1)
+        if bool((steps == k).any()):
+            e = x - xs
+            final = torch.where((steps == k)[:, None], dot(e, amul(e)), final)
+    return (torch.log(torch.clamp(final / e0, min=floor)) / steps.double()[:, None]).mean(1)

@@ -56,7 +56,7 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     objectives are flat there) and stays open where it lowers the condition number by more.
 
     ``cg_weight`` > 0 adds that multiple of the batch's mean predicted iteration ratio to FSAI, rate(F) / rate(G),
-    from ``cg_probes`` CG runs per graph with each factor on the same fresh random right-hand sides, unrolled
+    from ``cg_probes`` CG runs per graph with each factor on the same fresh random solutions, unrolled
     over the graph's ``cg_steps`` (:func:`fsai_cg_steps`; graphs with 0 are left out):
     :func:`pcgcvae.training.quality.cg_rate_per_graph`.
 
@@ -122,23 +122,24 @@ def fsai_log_conditions(graphs: list, max_n: int) -> None:
 def cg_iteration_ratio(g: torch.Tensor, batch, probes: int,  # noqa: ANN001
                        generator: torch.Generator | None = None) -> torch.Tensor | None:
     """Per graph with ``cg_steps`` > 0, the predicted CG iterations of the factor ``g`` over FSAI's (the
-    graphs' ``target``): rate(F) / rate(G) over the same ``probes`` random right-hand sides (None when no
+    graphs' ``target``): rate(F) / rate(G), both on the same ``probes`` random solutions x* (None when no
     graph of the batch has steps)."""
     steps = batch.cg_steps.reshape(-1)
     if not bool((steps > 0).any()):
         return None
-    rhs = torch.randn(batch.num_nodes, probes, generator=generator, dtype=torch.float64)
+    xstar = torch.randn(batch.num_nodes, probes, generator=generator, dtype=torch.float64)
     run = torch.where(steps > 0, steps, torch.ones_like(steps))
-    rate_g = cg_rate_per_graph(g, batch, run, rhs)
+    rate_g = cg_rate_per_graph(g, batch, run, xstar)
     with torch.no_grad():
-        rate_f = cg_rate_per_graph(batch.target, batch, run, rhs)
+        rate_f = cg_rate_per_graph(batch.target, batch, run, xstar)
     keep = steps > 0
     return rate_f[keep] / torch.clamp(rate_g[keep], max=-1e-6)
 
 
-def fsai_cg_steps(graphs: list, fraction: float, max_n: int, rtol: float = 1e-8) -> None:
+def fsai_cg_steps(graphs: list, fraction: float, max_n: int, max_steps: int = 10**9, rtol: float = 1e-8) -> None:
     """Store on every graph ``cg_steps``: ``fraction`` of FSAI's CG iterations to ``rtol`` on a random right-hand
-    side (scipy's CG on Â with M = Fᵀ F, F the graph's target), at least 1; 0 for graphs above ``max_n`` nodes."""
+    side (scipy's CG on Â with M = Fᵀ F, F the graph's target), at least 1 and at most ``max_steps`` (the
+    unrolled steps' memory); 0 for graphs above ``max_n`` nodes."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import LinearOperator, cg
 
@@ -156,7 +157,7 @@ def fsai_cg_steps(graphs: list, fraction: float, max_n: int, rtol: float = 1e-8)
         count = [0]
         cg(a, rng.standard_normal(n), rtol=rtol, atol=0.0, M=m, maxiter=20 * n,
            callback=lambda _x, count=count: count.__setitem__(0, count[0] + 1))
-        g.cg_steps = torch.tensor([max(1, round(fraction * count[0]))])
+        g.cg_steps = torch.tensor([min(max_steps, max(1, round(fraction * count[0])))])
 
 
 def load_datasets(paths: list[Path], levels: list[int], kaporin_only: list[Path] = ()) -> tuple[list, dict]:
@@ -257,7 +258,7 @@ def train(args: argparse.Namespace) -> Path:
     if args.cond_hinge > 0:
         fsai_log_conditions(graphs, args.cond_max_n)
     if args.cg_weight > 0:
-        fsai_cg_steps(graphs, args.cg_fraction, args.cg_max_n)
+        fsai_cg_steps(graphs, args.cg_fraction, args.cg_max_n, args.cg_max_steps)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(graphs))
     n_val = max(1, len(graphs) // 10)
@@ -344,7 +345,7 @@ def train(args: argparse.Namespace) -> Path:
             "dataset_seed": index["seed"], "datasets": index.get("datasets"), "seed": args.seed,
             "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr, "gate_penalty": args.gate_penalty,
             "cond_hinge": args.cond_hinge, "cg_weight": args.cg_weight, "cg_fraction": args.cg_fraction,
-            "cg_probes": args.cg_probes, "cg_max_n": args.cg_max_n,
+            "cg_probes": args.cg_probes, "cg_max_n": args.cg_max_n, "cg_max_steps": args.cg_max_steps,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "kaporin_only": [str(k) for k in args.kaporin_only],
@@ -407,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "both factors (cg_iteration_ratio)")
     ap.add_argument("--cg-fraction", type=float, default=0.75,
                     help="--cg-weight: unrolled steps per graph as a fraction of FSAI's iterations to 1e-8")
-    ap.add_argument("--cg-probes", type=int, default=4, help="--cg-weight: random right-hand sides per graph")
-    ap.add_argument("--cg-max-n", type=int, default=40000, help="--cg-weight: largest graph the CG term runs on")
+    ap.add_argument("--cg-probes", type=int, default=4, help="--cg-weight: random solutions x* per graph")
+    ap.add_argument("--cg-max-n", type=int, default=3000, help="--cg-weight: largest graph the CG term runs on")
+    ap.add_argument("--cg-max-steps", type=int, default=100,
+                    help="--cg-weight: most unrolled steps per graph (their memory grows with the steps)")
     ap.add_argument("--gate-penalty", type=float, default=0.0,
                     help="add this multiple of the mean spectral gate to the loss (a price on the correction)")
     ap.add_argument("--gate-lr", type=float, default=None,
