@@ -78,3 +78,20 @@ def test_iteration_ratio_is_one_for_fsai_and_differentiable():
     ratio.sum().backward()
     assert float(ratio[0].detach()) > 1.0
     assert torch.isfinite(g.grad).all() and float(g.grad.abs().sum()) > 0
+
+
+def test_checkpointed_rates_and_gradients_equal_the_plain_ones():
+    (g1, *_), (g2, *_) = _graph(9, 4), _graph(11, 5)
+    batch = Batch.from_data_list([g1, g2])
+    xstar = torch.from_numpy(np.random.default_rng(1).standard_normal((batch.num_nodes, 2)))
+    steps = torch.tensor([9, 13])
+    grads, rates = [], []
+    for every in (0, 4):
+        g = (batch.target.double() * 1.02).requires_grad_(True)
+        rate = cg_rate_per_graph(g, batch, steps, xstar, checkpoint_every=every)
+        rate.sum().backward()
+        rates.append(rate.detach())
+        grads.append(g.grad)
+    assert torch.allclose(rates[0], rates[1], rtol=1e-12, atol=0)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-14)
+    assert float(grads[0].abs().sum()) > 0

@@ -145,13 +145,18 @@ def scaled_operator_triplets(data) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.Tensor,  # noqa: ANN001
-                      floor: float = 1e-24) -> torch.Tensor:
+                      floor: float = 1e-24, checkpoint_every: int = 0) -> torch.Tensor:
     """Each graph's mean log energy-norm error reduction per step, log(‖x_k − x*‖²_Â / ‖x*‖²_Â) / k averaged
     over the columns of ``xstar`` (n, probes), after ``steps[graph]`` = k steps of CG on Â x = Â x*
     preconditioned by M = Gᵀ G from x0 = 0, unrolled and differentiable in ``g`` (float64).  CG lowers the
     energy norm of the error at every step, so the rate is negative for any SPD M and lower is faster: the
     quotient of two factors' rates predicts the quotient of their iteration counts (:mod:`pcgcvae.trial`).
-    A column whose error falls below ``floor`` × its start stops there (small graphs converge exactly)."""
+    A column whose error falls below ``floor`` × its start stops there (small graphs converge exactly).
+    ``checkpoint_every`` > 0 keeps only every that many steps' CG state for the gradient and recomputes the
+    steps between in the backward pass (``torch.utils.checkpoint``): memory falls by about that factor for
+    about a third more time."""
+    from torch.utils.checkpoint import checkpoint
+
     n = data.num_nodes
     batch, ngraph = _graph_index(data)
     a_rows, a_cols, a_val = scaled_operator_triplets(data)
@@ -165,32 +170,46 @@ def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.T
     def amul(v: torch.Tensor) -> torch.Tensor:
         return _spmv(a_val, a_rows, a_cols, v, n)
 
-    def precondition(v: torch.Tensor) -> torch.Tensor:
-        return _spmv(gd, cols, rows, _spmv(gd, rows, cols, v, n), n)
-
     xs = xstar.double()
     r = amul(xs)
     e0 = dot(xs, r)  # ‖x*‖²_Â
-    x = torch.zeros_like(xs)
-    z = precondition(r)
-    p, rz = z, dot(r, z)
-    final = e0
     steps = steps.to(batch.device)
-    for k in range(1, int(steps.max()) + 1):
-        active = rz > floor * e0  # (rᵀ M r: 0 once a column has converged exactly)
-        ap = amul(p)
-        pap = dot(p, ap)
-        ok = active & (pap > 0)
-        alpha = torch.where(ok, rz / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))
-        x = x + alpha[batch] * p
-        r = r - alpha[batch] * ap
-        z = precondition(r)
-        rz_new = dot(r, z)
-        ok = active & (rz > 0)
-        beta = torch.where(ok, rz_new / torch.where(ok, rz, torch.ones_like(rz)), torch.zeros_like(rz))
-        p = z + beta[batch] * p
-        rz = rz_new
-        if bool((steps == k).any()):
-            e = x - xs
-            final = torch.where((steps == k)[:, None], dot(e, amul(e)), final)
+
+    def run(first: int, last: int, gv: torch.Tensor, x: torch.Tensor, r: torch.Tensor, p: torch.Tensor,
+            rz: torch.Tensor, final: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """CG steps first..last (1-based) from the state (x, r, p, rz); ``final`` gathers each graph's
+        error at its own step."""
+        def precondition(v: torch.Tensor) -> torch.Tensor:
+            return _spmv(gv, cols, rows, _spmv(gv, rows, cols, v, n), n)
+
+        for k in range(first, last + 1):
+            active = rz > floor * e0  # (rᵀ M r: 0 once a column has converged exactly)
+            ap = amul(p)
+            pap = dot(p, ap)
+            ok = active & (pap > 0)
+            alpha = torch.where(ok, rz / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+            x = x + alpha[batch] * p
+            r = r - alpha[batch] * ap
+            z = precondition(r)
+            rz_new = dot(r, z)
+            ok = active & (rz > 0)
+            beta = torch.where(ok, rz_new / torch.where(ok, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+            p = z + beta[batch] * p
+            rz = rz_new
+            if bool((steps == k).any()):
+                e = x - xs
+                final = torch.where((steps == k)[:, None], dot(e, amul(e)), final)
+        return x, r, p, rz, final
+
+    z = _spmv(gd, cols, rows, _spmv(gd, rows, cols, r, n), n)
+    state = (torch.zeros_like(xs), r, z, dot(r, z), e0)
+    total = int(steps.max())
+    block = checkpoint_every if checkpoint_every > 0 else total
+    for first in range(1, total + 1, block):
+        last = min(total, first + block - 1)
+        if checkpoint_every > 0 and torch.is_grad_enabled():
+            state = checkpoint(run, first, last, gd, *state, use_reentrant=False)
+        else:
+            state = run(first, last, gd, *state)
+    final = state[4]
     return (torch.log(torch.clamp(final / e0, min=floor)) / steps.double()[:, None]).mean(1)

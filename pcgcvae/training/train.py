@@ -44,7 +44,7 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
                generator: torch.Generator | None = None, cond_weight: float = 0.0,
                cond_max_n: int = 1200, gate_penalty: float = 0.0,
                cond_hinge: float = 0.0, cg_weight: float = 0.0,
-               cg_probes: int = 4) -> tuple[torch.Tensor, dict[str, float]]:
+               cg_probes: int = 4, cg_checkpoint: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of a batch and its parts (floats, for logging).
 
     ``cond_hinge`` > 0 adds that multiple of the batch's mean max(0, log cond(G Â Gᵀ) - log cond(F Â Fᵀ))
@@ -98,7 +98,7 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
                 loss = loss + cond_hinge * excess.mean().to(loss.dtype)
                 parts["cond_excess"] = excess.mean().item()
     if cg_weight > 0:
-        ratio = cg_iteration_ratio(g, batch, cg_probes, generator)
+        ratio = cg_iteration_ratio(g, batch, cg_probes, generator, cg_checkpoint)
         if ratio is not None:
             loss = loss + cg_weight * ratio.mean().to(loss.dtype)
             parts["cg_ratio"] = ratio.mean().item()
@@ -120,16 +120,16 @@ def fsai_log_conditions(graphs: list, max_n: int) -> None:
 
 
 def cg_iteration_ratio(g: torch.Tensor, batch, probes: int,  # noqa: ANN001
-                       generator: torch.Generator | None = None) -> torch.Tensor | None:
+                       generator: torch.Generator | None = None, checkpoint_every: int = 0) -> torch.Tensor | None:
     """Per graph with ``cg_steps`` > 0, the predicted CG iterations of the factor ``g`` over FSAI's (the
     graphs' ``target``): rate(F) / rate(G), both on the same ``probes`` random solutions x* (None when no
-    graph of the batch has steps)."""
+    graph of the batch has steps; ``checkpoint_every``: :func:`cg_rate_per_graph`'s)."""
     steps = batch.cg_steps.reshape(-1)
     if not bool((steps > 0).any()):
         return None
     xstar = torch.randn(batch.num_nodes, probes, generator=generator, dtype=torch.float64)
     run = torch.where(steps > 0, steps, torch.ones_like(steps))
-    rate_g = cg_rate_per_graph(g, batch, run, xstar)
+    rate_g = cg_rate_per_graph(g, batch, run, xstar, checkpoint_every=checkpoint_every)
     with torch.no_grad():
         rate_f = cg_rate_per_graph(batch.target, batch, run, xstar)
     keep = steps > 0
@@ -311,7 +311,8 @@ def train(args: argparse.Namespace) -> Path:
             loss, parts = gcvae_loss(model, b, args.beta, args.recon, args.objective, generator=gen,
                                      cond_weight=args.cond_weight, cond_max_n=args.cond_max_n,
                                      gate_penalty=args.gate_penalty, cond_hinge=args.cond_hinge,
-                                     cg_weight=args.cg_weight, cg_probes=args.cg_probes)
+                                     cg_weight=args.cg_weight, cg_probes=args.cg_probes,
+                                     cg_checkpoint=args.cg_checkpoint)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -346,6 +347,7 @@ def train(args: argparse.Namespace) -> Path:
             "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr, "gate_penalty": args.gate_penalty,
             "cond_hinge": args.cond_hinge, "cg_weight": args.cg_weight, "cg_fraction": args.cg_fraction,
             "cg_probes": args.cg_probes, "cg_max_n": args.cg_max_n, "cg_max_steps": args.cg_max_steps,
+            "cg_checkpoint": args.cg_checkpoint,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "kaporin_only": [str(k) for k in args.kaporin_only],
@@ -412,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cg-max-n", type=int, default=3000, help="--cg-weight: largest graph the CG term runs on")
     ap.add_argument("--cg-max-steps", type=int, default=100,
                     help="--cg-weight: most unrolled steps per graph (their memory grows with the steps)")
+    ap.add_argument("--cg-checkpoint", type=int, default=0,
+                    help="--cg-weight: keep the CG state every this many steps and recompute the rest in the backward "
+                         "pass (memory / this factor; 0: keep every step)")
     ap.add_argument("--gate-penalty", type=float, default=0.0,
                     help="add this multiple of the mean spectral gate to the loss (a price on the correction)")
     ap.add_argument("--gate-lr", type=float, default=None,
