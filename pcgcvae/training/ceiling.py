@@ -1,20 +1,20 @@
-"""The headroom a factor has over FSAI on a fixed pattern: per-matrix optimisation of cond(G Â Gᵀ).
+"""The headroom a factor has over FSAI on a fixed pattern: per-matrix optimisation of G's values.
 
-    python -m pcgcvae.training.ceiling --family elasticity --sizes 48 --sizes-3d 16 --out ceiling.json
+    python -m pcgcvae.training.ceiling --family poisson --sizes 48 --objective cg --probes 32 --steps 300 \
+        --lr 3e-3 --model poisson --out ceiling.json
 
-FSAI minimises Kaporin's number on the pattern; CG's iterations follow the condition number.  This
-starts from FSAI's values on the pattern the preconditioner would use (the model's ordering, level
-and threshold) and lowers log cond(G Â Gᵀ) by gradient steps on G's values alone (Adam; the extreme
-eigenvalues from :func:`pcgcvae.training.quality.log_condition_per_graph`: dense up to 1200 rows,
-Lanczos eigenvectors and their Rayleigh quotients above), keeping the best iterate.  The CG
-iterations (rtol 1e-8, unpreconditioned residual, one seeded random right-hand side) of FSAI and of
-that best factor, on the same operator, are what no learned factor on this pattern can be expected to
-beat by much: a model that generates one factor per matrix from a few hops of its graph is judged
-against this per-matrix optimum (the issue's "2-8 % over FSAI" on 2D Poisson, DESIGN.md).
+FSAI minimises Kaporin's number on the pattern, not CG's iterations.  This builds the local operator and
+pattern the preconditioner would use (ordering, level 1 or 2, threshold 0.02), starts from FSAI's values or
+from a model's factor (``--start``) and lowers an objective by Adam steps on G's values alone, keeping the
+best iterate: ``--objective condition``, log cond(G Â Gᵀ) (:func:`condition_objective`, the training's
+condition term), or ``--objective cg``, the unrolled preconditioned CG's energy-error rate over a fraction
+of FSAI's iterations (:func:`cg_objective`).  The CG iterations (rtol 1e-8, unpreconditioned residual,
+:func:`pcgcvae.evaluate.solve`'s random right-hand side) of FSAI, of the optimum and, with ``--model``, of
+the model's own factor (guard off), through one harness (:func:`cg_iterations`), say how far a factor on
+this pattern can beat FSAI on that matrix and how much of it a model takes (``docs/ceiling/README.md``).
 
 The problems are the held-out ones of :func:`pcgcvae.training.heldout.evaluate_heldout` (same
-generator, seeds and sizes), so its model rows compare directly; with ``--model`` the model's factor
-(guard off) is run through the same CG here too.
+generator, seeds and sizes), so its model rows compare directly.
 """
 
 from __future__ import annotations
