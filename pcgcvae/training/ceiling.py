@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = measure(args.family, args.sizes, args.sizes_3d, args.ordering, args.level, args.steps, args.lr, args.model,
                    objective=args.objective, cg_fraction=args.cg_fraction, probes=args.probes, start=args.start)
     if args.out:
-        args.out.write_text(json.dumps({"command": " ".join(["python -m pcgcvae.training.ceiling", *sys.argv[1:]]),
+        given = sys.argv[1:] if argv is None else argv
+        args.out.write_text(json.dumps({"command": " ".join(["python -m pcgcvae.training.ceiling", *given]),
                                         "rows": rows}, indent=1))
 
 
