@@ -87,49 +87,23 @@ def condition_objective(op: LocalOperator) -> Objective:
 def cg_objective(op: LocalOperator, steps: int, probes: int = 4, seed: int = 1) -> Objective:
     """The mean log energy-norm error reduction per step of ``steps`` preconditioned CG steps on
     Â x = b (M = Gᵀ G, x0 = 0) over ``probes`` seeded random right-hand sides b (x* = Â⁻¹ b by a sparse
-    direct solve), unrolled and differentiable in G's values: the rate CG's iterations follow (lower
-    is faster).  The probes are not the right-hand side :func:`cg_iterations` counts on, so an optimum
-    cannot fit that vector."""
+    direct solve), unrolled and differentiable in G's values (:func:`pcgcvae.training.quality.cg_rate_per_graph`
+    on Â in float64): the rate CG's iterations follow (lower is faster).  The probes are not the right-hand
+    side :func:`cg_iterations` counts on, so an optimum cannot fit that vector."""
     import torch
     from scipy.sparse.linalg import spsolve
 
-    from .quality import _spmv
+    from .graph import build_graph
+    from .quality import cg_rate_per_graph
 
     n = op.ahat.n
-    a_rows = torch.from_numpy(op.ahat.rows())
-    a_cols = torch.from_numpy(op.ahat.indices.astype(np.int64))
-    a_val = torch.from_numpy(op.ahat.data.astype(np.float64))
-    s_rows = torch.from_numpy(op.s.rows())
-    s_cols = torch.from_numpy(op.s.indices.astype(np.int64))
+    data = build_graph(op.ahat, op.s)
+    operator = (torch.from_numpy(op.ahat.rows()), torch.from_numpy(op.ahat.indices.astype(np.int64)),
+                torch.from_numpy(op.ahat.data.astype(np.float64)))
     rhs = np.random.default_rng(seed).standard_normal((n, probes))
-    b = torch.from_numpy(rhs)
     xstar = torch.from_numpy(np.asarray(spsolve(op.ahat.scipy().tocsc(), rhs)).reshape(n, probes))
-
-    def amul(v: torch.Tensor) -> torch.Tensor:
-        return _spmv(a_val, a_rows, a_cols, v, n)
-
-    e0 = (xstar * b).sum(0)
-
-    def objective(g: torch.Tensor) -> torch.Tensor:
-        def precondition(v: torch.Tensor) -> torch.Tensor:  # Gᵀ (G v)
-            return _spmv(g, s_cols, s_rows, _spmv(g, s_rows, s_cols, v, n), n)
-
-        x, r = torch.zeros_like(b), b
-        z = precondition(r)
-        p, rz = z, (r * z).sum(0)
-        for _ in range(steps):
-            ap = amul(p)
-            alpha = rz / (p * ap).sum(0)
-            x = x + alpha * p
-            r = r - alpha * ap
-            z = precondition(r)
-            rz_new = (r * z).sum(0)
-            p = z + (rz_new / rz) * p
-            rz = rz_new
-        e = x - xstar
-        return torch.log((e * amul(e)).sum(0) / e0).mean() / steps
-
-    return objective
+    run = torch.tensor([steps])
+    return lambda g: cg_rate_per_graph(g, data, run, xstar, operator=operator)[0]
 
 
 def evaluate(objective: Objective, g: np.ndarray) -> float:
@@ -164,12 +138,6 @@ def optimise(objective: Objective, g0: np.ndarray, steps: int = DEFAULT_STEPS, l
         value.backward()
         opt.step()
     return best, history
-
-
-def optimise_condition(op: LocalOperator, g0: np.ndarray, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
-                       ) -> tuple[np.ndarray, list[float]]:
-    """:func:`optimise` on :func:`condition_objective`."""
-    return optimise(condition_objective(op), g0, steps, lr)
 
 
 def cg_iterations(op: LocalOperator, g: np.ndarray, rtol: float = 1e-8) -> int:

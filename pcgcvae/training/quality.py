@@ -145,7 +145,8 @@ def scaled_operator_triplets(data) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.Tensor,  # noqa: ANN001
-                      floor: float = 1e-24, checkpoint_every: int = 0) -> torch.Tensor:
+                      floor: float = 1e-24, checkpoint_every: int = 0,
+                      operator: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Each graph's mean log energy-norm error reduction per step, log(‖x_k − x*‖²_Â / ‖x*‖²_Â) / k averaged
     over the columns of ``xstar`` (n, probes), after ``steps[graph]`` = k steps of CG on Â x = Â x*
     preconditioned by M = Gᵀ G from x0 = 0, unrolled and differentiable in ``g`` (float64).  CG lowers the
@@ -154,12 +155,13 @@ def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.T
     A column whose error falls below ``floor`` × its start stops there (small graphs converge exactly).
     ``checkpoint_every`` > 0 keeps only every that many steps' CG state for the gradient and recomputes the
     steps between in the backward pass (``torch.utils.checkpoint``): memory falls by about that factor for
-    about a third more time."""
+    about a third more time.  ``operator``: Â's (rows, columns, float64 values) when at hand in full precision
+    (default: :func:`scaled_operator_triplets`, from the graph's float32 edge features)."""
     from torch.utils.checkpoint import checkpoint
 
     n = data.num_nodes
     batch, ngraph = _graph_index(data)
-    a_rows, a_cols, a_val = scaled_operator_triplets(data)
+    a_rows, a_cols, a_val = operator if operator is not None else scaled_operator_triplets(data)
     rows, cols = data.s_index
     gd = g.double()
     probes = xstar.shape[1]
