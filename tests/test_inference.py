@@ -796,3 +796,35 @@ def test_mpi_solve_without_torch(tmp_path) -> None:
     assert blocked["solves"] == importable["solves"]
     left = [p.name for p in tmp.iterdir() if not p.name.startswith(("ompi", "openmpi", "pmix"))]
     assert left == [], left
+
+
+def test_terms_on_prior_mean_judge_the_shipped_factor() -> None:
+    """train --terms-on prior-mean: the condition term judges the factor decoded from the prior's mean (what
+    GCVAEPC ships), --terms-on posterior the one from the posterior sample; the Kaporin gap is the same."""
+    from torch_geometric.data import Batch
+
+    from pcgcvae.fsai import fsai_values, kaporin_score
+    from pcgcvae.training.quality import log_condition_per_graph, normalise_rows
+    from pcgcvae.training.train import gcvae_loss
+
+    graphs = []
+    for k in range(2):
+        ahat, s, a2 = random_problem(40 + 30 * k, seed=80 + k)
+        base = fsai_values(ahat, s)
+        g = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base, triplets=True)
+        g.target_score = torch.tensor([kaporin_score(base, s)])
+        graphs.append(g)
+    batch = Batch.from_data_list(graphs)
+    model = random_model(5, residual=True)
+    parts = {}
+    for where in ("posterior", "prior-mean"):
+        _, parts[where] = gcvae_loss(model, batch, beta=0.01, cond_weight=1.0, cond_max_n=1000, terms_on=where,
+                                     generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (raw,) = model.generate(batch, use_mean=True)
+        shipped = log_condition_per_graph(normalise_rows(raw, batch), batch, 1000).mean().item()
+    assert parts["prior-mean"]["log_cond"] == pytest.approx(shipped, rel=1e-9)
+    assert parts["posterior"]["log_cond"] != pytest.approx(shipped, rel=1e-6)
+    assert parts["posterior"]["kaporin_gap"] == pytest.approx(parts["prior-mean"]["kaporin_gap"], rel=1e-12)
+    with pytest.raises(ValueError, match="terms_on"):
+        gcvae_loss(model, batch, beta=0.01, terms_on="mean")

@@ -44,7 +44,8 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
                generator: torch.Generator | None = None, cond_weight: float = 0.0,
                cond_max_n: int = 1200, gate_penalty: float = 0.0,
                cond_hinge: float = 0.0, cg_weight: float = 0.0,
-               cg_probes: int = 4, cg_checkpoint: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+               cg_probes: int = 4, cg_checkpoint: int = 0,
+               terms_on: str = "posterior") -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of a batch and its parts (floats, for logging).
 
     ``cond_hinge`` > 0 adds that multiple of the batch's mean max(0, log cond(G Â Gᵀ) - log cond(F Â Fᵀ))
@@ -63,6 +64,10 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     ``cond_weight`` > 0 adds that multiple of the mean log cond(G Â Gᵀ) over the batch's graphs
     with at most ``cond_max_n`` nodes (dense eigenvalues) whose ``cond`` flag is set (all when the
     batch has none: ``--kaporin-only`` datasets clear it).
+
+    ``terms_on`` says which factor the condition and CG terms (``cond_weight``, ``cond_hinge``, ``cg_weight``)
+    judge: ``"posterior"``, the one decoded from a latent drawn from q(z | A, F) (the Kaporin term's), or
+    ``"prior-mean"``, the one decoded from the prior's mean -- the factor ``GCVAEPC`` ships by default.
     """
     mu_q, lv_q = model.encode(batch)
     mu_p, lv_p = model.prior_params(batch)
@@ -87,8 +92,14 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     if recon > 0:
         loss = loss + recon * rec
     parts = {}
+    if terms_on == "prior-mean":
+        judged = normalise_rows(model.decode(batch, mu_p), batch)
+    elif terms_on == "posterior":
+        judged = g
+    else:
+        raise ValueError(f"unknown terms_on '{terms_on}' (posterior, prior-mean)")
     if cond_weight > 0:
-        log_cond = log_condition_per_graph(g, batch, cond_max_n, getattr(batch, "cond", None))
+        log_cond = log_condition_per_graph(judged, batch, cond_max_n, getattr(batch, "cond", None))
         if len(log_cond):
             loss = loss + cond_weight * log_cond.mean().to(loss.dtype)
             parts["log_cond"] = log_cond.mean().item()
@@ -98,7 +109,7 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
                 loss = loss + cond_hinge * excess.mean().to(loss.dtype)
                 parts["cond_excess"] = excess.mean().item()
     if cg_weight > 0:
-        ratio = cg_iteration_ratio(g, batch, cg_probes, generator, cg_checkpoint)
+        ratio = cg_iteration_ratio(judged, batch, cg_probes, generator, cg_checkpoint)
         if ratio is not None:
             loss = loss + cg_weight * ratio.mean().to(loss.dtype)
             parts["cg_ratio"] = ratio.mean().item()
@@ -312,7 +323,7 @@ def train(args: argparse.Namespace) -> Path:
                                      cond_weight=args.cond_weight, cond_max_n=args.cond_max_n,
                                      gate_penalty=args.gate_penalty, cond_hinge=args.cond_hinge,
                                      cg_weight=args.cg_weight, cg_probes=args.cg_probes,
-                                     cg_checkpoint=args.cg_checkpoint)
+                                     cg_checkpoint=args.cg_checkpoint, terms_on=args.terms_on)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -347,7 +358,7 @@ def train(args: argparse.Namespace) -> Path:
             "epochs": len(history), "lr": args.lr, "gate_lr": args.gate_lr, "gate_penalty": args.gate_penalty,
             "cond_hinge": args.cond_hinge, "cg_weight": args.cg_weight, "cg_fraction": args.cg_fraction,
             "cg_probes": args.cg_probes, "cg_max_n": args.cg_max_n, "cg_max_steps": args.cg_max_steps,
-            "cg_checkpoint": args.cg_checkpoint,
+            "cg_checkpoint": args.cg_checkpoint, "terms_on": args.terms_on,
             "batch_size": args.batch_size, "beta": args.beta, "recon": args.recon, "objective": args.objective,
             "cond_weight": args.cond_weight, "cond_max_n": args.cond_max_n,
             "kaporin_only": [str(k) for k in args.kaporin_only],
@@ -417,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cg-checkpoint", type=int, default=0,
                     help="--cg-weight: keep the CG state every this many steps and recompute the rest in the backward "
                          "pass (memory / this factor; 0: keep every step)")
+    ap.add_argument("--terms-on", choices=("posterior", "prior-mean"), default="posterior",
+                    help="the factor the condition and CG terms judge: decoded from a posterior sample (as the "
+                         "Kaporin term) or from the prior's mean (what GCVAEPC ships)")
     ap.add_argument("--gate-penalty", type=float, default=0.0,
                     help="add this multiple of the mean spectral gate to the loss (a price on the correction)")
     ap.add_argument("--gate-lr", type=float, default=None,
