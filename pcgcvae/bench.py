@@ -184,8 +184,8 @@ def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = [f"Benchmark: {meta['when']} on {meta['machine']}; CG rtol 1e-8; times are medians of "
-             f"{meta['repeats']} solves (max over ranks). Before timing, each run imported torch and loaded "
-             f"the models once ({meta['model_load_s']}; a user's first GCVAE setup in a process pays it).", ""]
+             f"{meta['repeats']} solves (max over ranks). Before timing, each run loaded the exported "
+             f"models once (no torch; {meta['model_load_s']}; a user's first GCVAE setup in a process pays it).", ""]
     lines += ["| family | dofs | ranks | preconditioner | iterations | setup (s) | solve (s) | total (s) | nnz | "
               "setup mem (MB) | peak RSS (MB) | guard |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
