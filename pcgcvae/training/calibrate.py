@@ -1,6 +1,6 @@
 """Calibrate a model's guard threshold on its own training distribution.
 
-    python -m pcgcvae.training.calibrate pcgcvae/models/poisson.pt [--count 24] [--write]
+    python -m pcgcvae.training.calibrate pcgcvae/models/poisson.pt [--count 48] [--write]
 
 Draws ``--count`` problems of the model's training family from the training
 generator (:func:`pcgcvae.problems.random_spec`, default, broad or stencils in turn as the
@@ -96,7 +96,7 @@ def generator_of(dataset: dict) -> str:
     return "default"
 
 
-def calibrate(ckpt: Path, count: int = 24, sizes: list[int] | None = None,
+def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
               size_range: tuple[int, int] | None = None, generators: list[str] | None = None) -> dict:
     """Measure the (gap, ratio) pairs and the thresholds of ``ckpt``; see the module docstring.
 
@@ -215,7 +215,8 @@ def summary(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pcgcvae.training.calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--count", type=int, default=24, help="problems (the last two at held-out sizes)")
+    ap.add_argument("--count", type=int, default=48,
+                    help="problems (the last two at held-out sizes; 48 since 2026-12-06, 24 before)")
     ap.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
     ap.add_argument("--report", type=Path, help="write the markdown table here")
     ap.add_argument("--size-range", type=int, nargs=2, metavar=("LO", "HI"),
