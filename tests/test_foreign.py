@@ -31,6 +31,7 @@ TRAINING_DATASETS = [
     ("poisson", 48, 32, 64, 4, None, True, False, False),
     ("elasticity", 120, 4, 14, 0, None, False, False, False),
     ("elasticity", 120, 4, 14, 1, None, True, False, False),
+    ("elasticity", 32, 16, 28, 5, None, True, False, False),  # larger graphs (elasticity, 2026-12-06)
 ]
 
 
