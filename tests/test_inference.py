@@ -410,26 +410,35 @@ def test_spectral_gate_model() -> None:
         with_spectral_gate(random_model(7))
 
 
+def loss_graphs(sizes: tuple[int, int], seed: int, spectral: bool = False) -> list:
+    """Two small training graphs (random SPD problems of ``sizes`` rows, seeds ``seed`` and ``seed + 1``) with
+    what :func:`pcgcvae.training.train.gcvae_loss` reads: FSAI's values as the target and its Kaporin score (and,
+    with ``spectral``, the spectral gate's input)."""
+    from pcgcvae.fsai import fsai_values, kaporin_score
+    from pcgcvae.spectrum import spectral_feature
+
+    graphs = []
+    for k, n in enumerate(sizes):
+        ahat, s, a2 = random_problem(n, seed=seed + k)
+        base = fsai_values(ahat, s)
+        g = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base, triplets=True)
+        if spectral:
+            g.spectral = torch.tensor([spectral_feature(ahat, s, base)])
+        g.target_score = torch.tensor([kaporin_score(base, s)])
+        graphs.append(g)
+    return graphs
+
+
 def test_gate_penalty_prices_the_gate() -> None:
     """train --gate-penalty: the loss grows by the penalty times the batch's mean gate (and reports the gate)."""
     from torch_geometric.data import Batch
 
-    from pcgcvae.fsai import fsai_values, kaporin_score
-    from pcgcvae.spectrum import spectral_feature
     from pcgcvae.training.train import gcvae_loss
 
     model = random_model(3, residual=True, spectral_gate=True)
     with torch.no_grad():
         model.spectral_gate.copy_(torch.tensor([0.4, -0.2]))
-    graphs = []
-    for k in range(2):
-        ahat, s, a2 = random_problem(60 + 40 * k, seed=50 + k)
-        base = fsai_values(ahat, s)
-        g = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base, triplets=True)
-        g.spectral = torch.tensor([spectral_feature(ahat, s, base)])
-        g.target_score = torch.tensor([kaporin_score(base, s)])
-        graphs.append(g)
-    batch = Batch.from_data_list(graphs)
+    batch = Batch.from_data_list(loss_graphs((60, 100), seed=50, spectral=True))
     losses = {}
     for lam in (0.0, 0.3):
         loss, parts = gcvae_loss(model, batch, beta=0.01, generator=torch.Generator().manual_seed(0),
@@ -445,16 +454,9 @@ def test_cond_hinge_prices_losses_to_fsai() -> None:
     correction (G = F) has no excess over it, a perturbed one pays the hinge times its mean excess."""
     from torch_geometric.data import Batch
 
-    from pcgcvae.fsai import fsai_values, kaporin_score
     from pcgcvae.training.train import fsai_log_conditions, gcvae_loss
 
-    graphs = []
-    for k in range(2):
-        ahat, s, a2 = random_problem(50 + 30 * k, seed=60 + k)
-        base = fsai_values(ahat, s)
-        g = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base, triplets=True)
-        g.target_score = torch.tensor([kaporin_score(base, s)])
-        graphs.append(g)
+    graphs = loss_graphs((50, 80), seed=60)
     fsai_log_conditions(graphs, max_n=1000)
     batch = Batch.from_data_list(graphs)
     assert batch.fsai_log_cond.shape == (2,) and torch.all(batch.fsai_log_cond > 0)
@@ -803,18 +805,10 @@ def test_terms_on_prior_mean_judge_the_shipped_factor() -> None:
     GCVAEPC ships), --terms-on posterior the one from the posterior sample; the Kaporin gap is the same."""
     from torch_geometric.data import Batch
 
-    from pcgcvae.fsai import fsai_values, kaporin_score
     from pcgcvae.training.quality import log_condition_per_graph, normalise_rows
     from pcgcvae.training.train import gcvae_loss
 
-    graphs = []
-    for k in range(2):
-        ahat, s, a2 = random_problem(40 + 30 * k, seed=80 + k)
-        base = fsai_values(ahat, s)
-        g = build_graph(ahat, s, a2_on_s=a2, block_size=1, target=base, triplets=True)
-        g.target_score = torch.tensor([kaporin_score(base, s)])
-        graphs.append(g)
-    batch = Batch.from_data_list(graphs)
+    batch = Batch.from_data_list(loss_graphs((40, 70), seed=80))
     model = random_model(5, residual=True)
     parts = {}
     for where in ("posterior", "prior-mean"):
