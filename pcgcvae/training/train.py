@@ -92,12 +92,11 @@ def gcvae_loss(model: GCVAE, batch, beta: float, recon: float = 0.0, objective: 
     if recon > 0:
         loss = loss + recon * rec
     parts = {}
-    if terms_on == "prior-mean":
-        judged = normalise_rows(model.decode(batch, mu_p), batch)
-    elif terms_on == "posterior":
-        judged = g
-    else:
+    if terms_on not in ("posterior", "prior-mean"):
         raise ValueError(f"unknown terms_on '{terms_on}' (posterior, prior-mean)")
+    judged = g  # the factor the condition and CG terms judge (decoded again only when they run)
+    if terms_on == "prior-mean" and (cond_weight > 0 or cg_weight > 0):
+        judged = normalise_rows(model.decode(batch, mu_p), batch)
     if cond_weight > 0:
         log_cond = log_condition_per_graph(judged, batch, cond_max_n, getattr(batch, "cond", None))
         if len(log_cond):
