@@ -177,12 +177,13 @@ def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.T
     e0 = dot(xs, r)  # ‖x*‖²_Â
     steps = steps.to(batch.device)
 
+    def precondition(gv: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # Gᵀ (G v)
+        return _spmv(gv, cols, rows, _spmv(gv, rows, cols, v, n), n)
+
     def run(first: int, last: int, gv: torch.Tensor, x: torch.Tensor, r: torch.Tensor, p: torch.Tensor,
             rz: torch.Tensor, final: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """CG steps first..last (1-based) from the state (x, r, p, rz); ``final`` gathers each graph's
         error at its own step."""
-        def precondition(v: torch.Tensor) -> torch.Tensor:
-            return _spmv(gv, cols, rows, _spmv(gv, rows, cols, v, n), n)
 
         for k in range(first, last + 1):
             active = rz > floor * e0  # (rᵀ M r: 0 once a column has converged exactly)
@@ -192,7 +193,7 @@ def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.T
             alpha = torch.where(ok, rz / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))
             x = x + alpha[batch] * p
             r = r - alpha[batch] * ap
-            z = precondition(r)
+            z = precondition(gv, r)
             rz_new = dot(r, z)
             ok = active & (rz > 0)
             beta = torch.where(ok, rz_new / torch.where(ok, rz, torch.ones_like(rz)), torch.zeros_like(rz))
@@ -203,7 +204,7 @@ def cg_rate_per_graph(g: torch.Tensor, data, steps: torch.Tensor, xstar: torch.T
                 final = torch.where((steps == k)[:, None], dot(e, amul(e)), final)
         return x, r, p, rz, final
 
-    z = _spmv(gd, cols, rows, _spmv(gd, rows, cols, r, n), n)
+    z = precondition(gd, r)
     state = (torch.zeros_like(xs), r, z, dot(r, z), e0)
     total = int(steps.max())
     block = checkpoint_every if checkpoint_every > 0 else total
