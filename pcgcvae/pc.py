@@ -38,6 +38,7 @@ from .guard import (
     DEFAULT_PREDICTOR,
     DEFAULT_RATIO,
     DEFAULT_SMOOTH,
+    DEFAULT_START,
     DEFAULT_STEPS,
     DEFAULT_THRESHOLD,
     combine,
@@ -60,10 +61,12 @@ from .symmetry import check_couplings, check_local
 from .trial import (
     FULL_RTOL,
     PREDICTORS,
+    STARTS,
     condition_ratio,
     energy_ratio,
     exact_solution,
     full_cg,
+    near_nullspace_solution,
     predicted_ratio,
     short_cg,
 )
@@ -699,6 +702,8 @@ class GCVAEPC(SPAIFactorPC):
     per candidate in the spectral check; 0: the Kaporin gap alone), ``-pc_gcvae_guard_ratio R``
     (keep a candidate whose predicted iterations are at most R times FSAI's),
     ``-pc_gcvae_guard_predictor energy|condition|mean`` (how the short CG runs predict the iterations),
+    ``-pc_gcvae_guard_start random|near-nullspace`` (the short runs' exact solution: random, or a
+    combination of the operator's near-nullspace vectors -- its translations when it has none),
     ``-pc_gcvae_guard_smooth N`` (damped-Jacobi sweeps on the short runs' random exact solution),
     ``-pc_gcvae_guard_full_rows N`` (at or below N global rows, each candidate's CG runs to convergence
     on a random right-hand side instead, and the model's factor is kept only if it took fewer iterations;
@@ -723,6 +728,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_recheck = False
         self.guard_steps = DEFAULT_STEPS
         self.guard_smooth = DEFAULT_SMOOTH
+        self.guard_start: str | None = None  # None: the start the model was calibrated with, else DEFAULT_START
         self.guard_full_rows = DEFAULT_FULL_ROWS
         self.guard_ratio: float | None = None  # None: the model's calibrated ratio, else DEFAULT_RATIO
         self.guard_alphas: list[float] = [1.0]
@@ -749,6 +755,8 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_recheck = opts.getBool(stem + "guard_recheck", self.guard_recheck)
         self.guard_steps = opts.getInt(stem + "guard_steps", self.guard_steps)
         self.guard_smooth = opts.getInt(stem + "guard_smooth", self.guard_smooth)
+        if opts.hasName(stem + "guard_start"):
+            self.guard_start = opts.getString(stem + "guard_start")
         self.guard_full_rows = opts.getInt(stem + "guard_full_rows", self.guard_full_rows)
         if opts.hasName(stem + "guard_ratio"):
             self.guard_ratio = opts.getReal(stem + "guard_ratio")
@@ -783,6 +791,8 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_guard_full_rows must be >= 0, got {self.guard_full_rows}")
         if self.guard_ratio is not None and not (self.guard_ratio >= 0 and np.isfinite(self.guard_ratio)):
             raise OptionError(f"-pc_gcvae_guard_ratio must be a number >= 0, got {self.guard_ratio}")
+        if self.guard_start is not None and self.guard_start not in STARTS:
+            raise OptionError(f"-pc_gcvae_guard_start must be one of {', '.join(STARTS)}, got '{self.guard_start}'")
         if self.guard_predictor not in PREDICTORS:
             raise OptionError(f"-pc_gcvae_guard_predictor must be one of {', '.join(PREDICTORS)}, "
                               f"got '{self.guard_predictor}'")
@@ -966,7 +976,15 @@ class GCVAEPC(SPAIFactorPC):
         """What a cached guard decision was made for (besides the nonzero structure)."""
         return (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
                 self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self._guard_ratio()[0],
-                tuple(self.guard_alphas), self.guard_predictor, self.guard_smooth, self.guard_full_rows)
+                tuple(self.guard_alphas), self.guard_predictor, self.guard_smooth, self._guard_start(),
+                self.guard_full_rows)
+
+    def _guard_start(self) -> str:
+        """The short CG runs' start in effect: the option's, else the one the model's thresholds were
+        calibrated with, else the package default."""
+        if self.guard_start is not None:
+            return self.guard_start
+        return str(self.model_info.get("meta", {}).get("guard_start", DEFAULT_START))
 
     def _guard_ratio(self) -> tuple[float, str]:
         """The spectral check's ratio threshold in effect and where it comes from."""
@@ -1038,7 +1056,10 @@ class GCVAEPC(SPAIFactorPC):
         full = P.getSize()[0] <= self.guard_full_rows  # whole solves: the iteration counts themselves
         guard.update(mode="full" if full else "short")
         with self._timed("guard", "GCVAEGuard"):
-            xstar = exact_solution(P, self.seed, 0 if full else self.guard_smooth)  # full: the right-hand side
+            xstar = None if full or self._guard_start() == "random" else near_nullspace_solution(P, self.seed)
+            guard.update(start="random" if xstar is None else "near-nullspace")
+            if xstar is None:  # full: the right-hand side
+                xstar = exact_solution(P, self.seed, 0 if full else self.guard_smooth)
             trials, built = {}, {}
             try:
                 for alpha in [0.0] + [a for a in self.guard_alphas if a != 0.0]:
@@ -1092,8 +1113,11 @@ class GCVAEPC(SPAIFactorPC):
                      + f", kept when fewer than FSAI's (alpha 0) and the ratio <= {guard['ratio_threshold']:g} "
                        f"({guard['ratio_source']})")
         elif guard["trials"]:
-            line += (f"; {guard['steps']} CG steps per candidate (x* smoothed by {guard.get('smooth', 0)} "
-                     f"Jacobi sweeps), predicted iterations / FSAI's "
+            start = (f"x* random, smoothed by {guard.get('smooth', 0)} Jacobi sweeps"
+                     if guard.get("start", "random") == "random" else "x* from the near-nullspace")
+            if guard.get("start") == "random" and self._guard_start() != "random":
+                start += " (no near-nullspace mode of positive energy)"
+            line += (f"; {guard['steps']} CG steps per candidate ({start}), predicted iterations / FSAI's "
                      f"({guard['predictor']}): "
                      + ", ".join(f"alpha {a:g}: {t['ratio']:.3f} (energy-rate ratio {t['energy_ratio']:.3f}, "
                                  f"sqrt condition ratio {t['condition_ratio']:.3f})"

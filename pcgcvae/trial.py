@@ -100,6 +100,48 @@ def exact_solution(P: PETSc.Mat, seed: int, sweeps: int = 0) -> PETSc.Vec:
     return x
 
 
+STARTS = ("random", "near-nullspace")  # -pc_gcvae_guard_start: the short runs' exact solution x*
+
+
+def near_nullspace_solution(P: PETSc.Mat, seed: int) -> PETSc.Vec | None:
+    """``x*`` from the operator's lowest-energy modes: a random combination (the same coefficients on
+    every rank) of its near-nullspace vectors (``MatSetNearNullSpace``, as set for GAMG: the rigid-body
+    modes of elasticity; Firedrake's ``near_nullspace``), else of the constant of each component of its
+    block (translations; the constant of a scalar operator), with the operator's null space
+    (``MatSetNullSpace``) removed.  These are the errors CG reduces last: short runs from them see the
+    bottom of the spectrum that sets a solve's iteration count, where runs from a random x* see its top.
+    None where nothing of positive energy is left (a pure Neumann scalar operator), for
+    :func:`exact_solution`'s random start instead.  Collective."""
+    x = P.createVecRight()
+    nlocal = x.getLocalSize()
+    near = P.getNearNullSpace()
+    vecs = list(near.getVecs()) if near else []
+    if vecs and any(v.getLocalSize() != nlocal for v in vecs):  # not this operator's layout: not used
+        vecs = []
+    rng = np.random.default_rng([seed, 7919])
+    if vecs:
+        x.set(float(rng.standard_normal()) if near.hasConstant() else 0.0)
+        for v in vecs:
+            x.axpy(float(rng.standard_normal()), v)
+    else:  # translations: component c of every block gets the constant c
+        bs = P.getBlockSize()
+        x.array[:] = np.tile(rng.standard_normal(bs), nlocal // bs)
+    null = P.getNullSpace()
+    if null:
+        null.remove(x)
+    px = P.createVecLeft()
+    P.mult(x, px)
+    energy, norm2 = x.dot(px), x.dot(x)
+    diag = P.getDiagonal()
+    scale = diag.norm(PETSc.NormType.INFINITY)
+    px.destroy()
+    diag.destroy()
+    if not (norm2 > 0 and energy > 1e-10 * scale * norm2):
+        x.destroy()
+        return None
+    return x
+
+
 def _run_cg(P: PETSc.Mat, G: PETSc.Mat, GT: PETSc.Mat | None, b: PETSc.Vec, x: PETSc.Vec, rtol: float,
             max_it: int) -> tuple[int, bool, float, float, float]:
     """CG on ``P x = b`` from ``x = 0`` preconditioned by Gᵀ G, unpreconditioned residual norm: the

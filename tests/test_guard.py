@@ -545,3 +545,66 @@ def test_calibration_draws_like_the_chosen_generators(tiny_poisson, monkeypatch)
     drawn.clear()
     with pytest.raises(ValueError, match="calibration generators must be among default, broad, stencils, mass"):
         calibrate(tiny_poisson, generators=["mass", "p3"])
+
+
+def _kron_block(A: PETSc.Mat, bs: int) -> PETSc.Mat:
+    """A ⊗ I_bs as a serial AIJ matrix of block size ``bs`` (a vector operator with uncoupled components)."""
+    import scipy.sparse as sp
+
+    indptr, indices, data = A.getValuesCSR()
+    n = A.getSize()[0]
+    K = sp.kron(sp.csr_matrix((data, indices, indptr), shape=(n, n)), sp.identity(bs), format="csr")
+    B = PETSc.Mat().createAIJ(size=K.shape, bsize=bs, csr=(K.indptr, K.indices, K.data), comm=PETSc.COMM_SELF)
+    B.assemble()
+    return B
+
+
+def test_near_nullspace_start_spans_the_modes_or_the_translations() -> None:
+    """x* of ``-pc_gcvae_guard_start near-nullspace``: a combination of the operator's near-nullspace vectors
+    when it has them, else of its translations (component c of every block alike), the same on every call
+    with one seed; None when the operator's null space leaves nothing of positive energy."""
+    from pcgcvae.trial import near_nullspace_solution
+
+    A = _kron_block(laplacian_2d(12, comm=PETSc.COMM_SELF, kappa_seed=1), 2)
+    x = near_nullspace_solution(A, seed=5)
+    pairs = x.array.reshape(-1, 2)
+    assert np.all(pairs == pairs[0]) and pairs[0, 0] != pairs[0, 1]  # translations: a constant per component
+    assert np.array_equal(near_nullspace_solution(A, seed=5).array, x.array)
+    assert not np.array_equal(near_nullspace_solution(A, seed=6).array, x.array)
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((A.getSize()[0], 3)))  # orthonormal, as PETSc asks
+    vecs = []
+    for k in range(3):
+        v = A.createVecRight()
+        v.array[:] = q[:, k]
+        vecs.append(v)
+    A.setNearNullSpace(PETSc.NullSpace().create(vectors=vecs, comm=PETSc.COMM_SELF))
+    y = near_nullspace_solution(A, seed=5).array
+    basis = np.column_stack([v.array_r for v in vecs])
+    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    assert np.linalg.norm(basis @ coef - y) <= 1e-10 * np.linalg.norm(y)  # in the modes' span
+    # a pure Neumann scalar operator: its constant null space removed, nothing is left
+    N = laplacian_2d(10, comm=PETSc.COMM_SELF)
+    d = N.getRowSum()
+    diag = N.getDiagonal()
+    diag.axpy(-1.0, d)  # zero row sums: the Neumann Laplacian
+    N.setDiagonal(diag)
+    assert near_nullspace_solution(N, seed=0) is None  # the constant has no energy
+    N.setNullSpace(PETSc.NullSpace().create(constant=True, comm=PETSc.COMM_SELF))
+    assert near_nullspace_solution(N, seed=0) is None  # removed by the null space
+
+
+def test_guard_start_option_view_and_errors(tiny_poisson, capfd) -> None:
+    A = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=2)
+    common = {"pc_gcvae_model": str(tiny_poisson), **SHORT, "pc_gcvae_guard_threshold": 1e9,
+              "pc_gcvae_guard_steps": 8}
+    ksp, ctx = _setup(A, **common, pc_gcvae_guard_start="near-nullspace")
+    guard = ctx.stats["guard"]
+    assert guard["start"] == "near-nullspace" and guard["trials"][1.0]["steps"] == 8
+    ksp.view()
+    assert "CG steps per candidate (x* from the near-nullspace)" in capfd.readouterr().out
+    _, rand = _setup(A, **common, pc_gcvae_guard_start="random")
+    assert rand.stats["guard"]["start"] == "random"
+    assert rand.stats["guard"]["trials"][1.0]["energy_ratio"] != guard["trials"][1.0]["energy_ratio"]
+    with pytest.raises(PETSc.Error) as info:
+        _setup(A, **common, pc_gcvae_guard_start="smooth")
+    assert "guard_start" in str(info.value) or "guard_start" in str(info.value.__cause__)

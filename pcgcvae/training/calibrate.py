@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..guard import DEFAULT_SMOOTH, DEFAULT_STEPS
+from ..guard import DEFAULT_SMOOTH, DEFAULT_START, DEFAULT_STEPS
+from ..trial import STARTS
 
 MARGIN = 1.25
 SEED_BASE = 70_000  # calibration problem seeds: SEED_BASE + k (checked against the training seeds)
@@ -97,7 +98,8 @@ def generator_of(dataset: dict) -> str:
 
 
 def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
-              size_range: tuple[int, int] | None = None, generators: list[str] | None = None) -> dict:
+              size_range: tuple[int, int] | None = None, generators: list[str] | None = None,
+              start: str = DEFAULT_START) -> dict:
     """Measure the (gap, ratio) pairs and the thresholds of ``ckpt``; see the module docstring.
 
     ``size_range`` (cells per side) replaces the datasets' size range for the draws: the same
@@ -137,7 +139,10 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
             raise RuntimeError(f"calibration seed {seed} is a training seed; change SEED_BASE")
         drawn_like = {g: kinds[k % len(kinds)] == g for g in ("broad", "stencils", "mass")}
         spec = random_spec(family, size, seed=seed, **drawn_like)
-        P = build_problem(spec, comm=fd.COMM_SELF).assemble_matrix()
+        problem = build_problem(spec, comm=fd.COMM_SELF)
+        P = problem.assemble_matrix()
+        if getattr(problem, "near_nullspace", None) is not None:  # as it is solved (Firedrake's near_nullspace)
+            P.setNearNullSpace(problem.near_nullspace.nullspace(comm=P.getComm()))
         row = {"seed": seed, "size": size, "n": P.getSize()[0], "degree": spec.degree, "dim": spec.dim,
                "mesh": spec.mesh, **drawn_like}
         for level in meta["pattern_levels"]:
@@ -150,6 +155,7 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
             probe = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
                               "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
                               "pc_gcvae_guard_ratio": 1.0,  # the spectral check always runs here,
+                              "pc_gcvae_guard_start": start,
                               "pc_gcvae_guard_full_rows": 0})  # as the short CG runs even on small problems
             pred = probe.pc_stats["guard"]["trials"][1.0]["ratio"]
             row[f"L{level}"] = {"fsai": fsai.iterations, "gcvae": gcvae.iterations, "gap": round(gap, 6),
@@ -157,7 +163,8 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {**thresholds_of(rows, meta["pattern_levels"]), "rows": rows,
-            "steps": DEFAULT_STEPS, "smooth": DEFAULT_SMOOTH, "size_range": [int(draw_lo), int(draw_hi)],
+            "steps": DEFAULT_STEPS, "smooth": DEFAULT_SMOOTH, "start": start,
+            "size_range": [int(draw_lo), int(draw_hi)],
             "heldout_sizes": draws[-2:], "generators": kinds,
             "seeds": f"{SEED_BASE}..{SEED_BASE + len(draws) - 1} (disjoint from training)"}
 
@@ -184,6 +191,7 @@ def write(ckpt: Path, result: dict) -> None:
     meta = dict(info["meta"])
     meta["guard_threshold"] = result["thresholds"]
     meta["guard_ratio"] = result["ratios"]
+    meta["guard_start"] = result.get("start", "random")
     meta["guard_calibration"] = result
     save_checkpoint(ckpt, model, meta)
 
@@ -224,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generators", nargs="+", choices=GENERATORS, metavar="KIND",
                     help="draw the problems like these generators in turn (default: like the model's training "
                     f"datasets, in their order; choices: {', '.join(GENERATORS)})")
+    ap.add_argument("--start", choices=STARTS, default=DEFAULT_START,
+                    help="the short CG runs' exact solution (-pc_gcvae_guard_start), stored with the thresholds: "
+                    "the model's guard runs from it by default")
     ap.add_argument("--stored", action="store_true",
                     help="no solves: apply the rules to the measurements the checkpoint already stores")
     args = ap.parse_args(argv)
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         result = calibrate(args.checkpoint, args.count,
                            size_range=tuple(args.size_range) if args.size_range else None,
-                           generators=args.generators)
+                           generators=args.generators, start=args.start)
     text = summary(result)
     print(text)
     if args.report:
