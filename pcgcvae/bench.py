@@ -41,9 +41,9 @@ UNGUARDED = ["gcvae-noguard", "gcvae2-noguard"]  # the model's own factor (-pc_g
 PCS = ["none", "jacobi", "sor", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-k4", "fsai-ov1", "gcvae-ov1",
        "gamg", "gamg-fsai-smoother", "gamg-gcvae-smoother"]
 FIELDS = ["family", "dofs", "ranks", "pc", "iterations", "converged", "setup_s", "solve_s", "total_s", "nnz",
-          "setup_mem_mb", "peak_rss_mb", "guard_estimate", "guard_signal", "guard_alpha", "guard_predicted",
-          "guard_cost_s"]
-GUARD_FIELDS = FIELDS[-5:]
+          "setup_mem_mb", "peak_rss_mb", "guard_estimate", "guard_signal", "guard_start", "guard_alpha",
+          "guard_predicted", "guard_cost_s"]
+GUARD_FIELDS = FIELDS[-6:]
 
 
 def assemble_case(problem):  # noqa: ANN001, ANN201
@@ -249,7 +249,8 @@ def _guard_cell(r: dict) -> str:
     pred = r.get("guard_predicted")
     parts = [] if r.get("guard_estimate") in (None, "") else [f"gap {float(r['guard_estimate']):+.4f}"]
     parts += [] if pred in (None, "") else [f"predicted {float(pred):.3f}"]
-    parts.append(str(r["guard_signal"]))
+    parts.append(str(r["guard_signal"]) + (f" from {r['guard_start']}" if r.get("guard_signal") == "short CG"
+                                            and r.get("guard_start") else ""))
     return f"{what} ({', '.join(parts)}; {float(r['guard_cost_s']):.3f} s)"
 
 

@@ -74,7 +74,7 @@ SAME_PATTERN = {"gcvae": "fsai", "gcvae2": "fsai2", "gcvae-noguard": "fsai", "gc
 FIELDS = ["problem", "kind", "description", "dofs", "nnz", "block_size", "pc", "iterations", "converged",
           "iterations_own", "converged_own", "iterations_c", "setup_s", "solve_s", "total_s", "kaporin",
           "kaporin_gap", "guard_estimate", "guard_threshold", "guard_fired", "guard_rows", "guard_signal",
-          "guard_alpha", "guard_predicted", "guard_cost_s", "error"]
+          "guard_start", "guard_alpha", "guard_predicted", "guard_cost_s", "error"]
 RTOL = 1e-8
 MAX_IT = 20000
 
@@ -675,6 +675,14 @@ def _ksp_options(built: Built, pc_options: dict[str, Any]) -> dict[str, Any]:
 _counter = iter(range(10**9))
 
 
+def _signal_cell(r: dict) -> str:
+    """Which of the guard's signals decided, with the short CG runs' start."""
+    signal = r.get("guard_signal")
+    if signal == "short CG" and r.get("guard_start"):
+        return f"short CG from {r['guard_start']}"
+    return _cell(signal)
+
+
 def guard_columns(guard: dict) -> dict[str, Any]:
     """The guard's signals and decision (``stats['guard']`` of GCVAEPC) as table columns."""
     est, thr = guard.get("estimate"), guard.get("threshold")
@@ -682,7 +690,7 @@ def guard_columns(guard: dict) -> dict[str, Any]:
     return {"guard_estimate": None if est is None else round(float(est), 6),
             "guard_threshold": None if thr is None else float(thr),
             "guard_fired": bool(guard.get("fired")), "guard_rows": guard.get("rows"),
-            "guard_signal": guard.get("signal"), "guard_alpha": guard.get("alpha"),
+            "guard_signal": guard.get("signal"), "guard_start": guard.get("start"), "guard_alpha": guard.get("alpha"),
             "guard_predicted": None if model_trial is None else round(float(model_trial["ratio"]), 4),
             "guard_cost_s": None if guard.get("cost") is None else round(float(guard["cost"]), 4),
             # every candidate's short-CG trial, keyed by alpha (JSON only)
@@ -934,7 +942,7 @@ def write_outputs(problems: list[dict], rows: list[dict], out: Path, meta: dict)
                          f"{_cell(r.get('kaporin'), '{:.5f}')} | {_cell(r.get('kaporin_gap'), '{:+.5f}')} | "
                          f"{_cell(r.get('guard_estimate'), '{:.5f}')} | {_cell(r.get('guard_threshold'))} | "
                          f"{_cell(r.get('guard_rows'))} | {_cell(r.get('guard_predicted'), '{:.3f}')} | "
-                         f"{_cell(r.get('guard_signal'))} | {_cell(r.get('guard_fired'))} | "
+                         f"{_signal_cell(r)} | {_cell(r.get('guard_fired'))} | "
                          f"{_cell(r.get('guard_cost_s'), '{:.3f}')} |")
         ratios = []
         for key, what in (("iterations", "random rhs"), ("iterations_own", "own rhs")):

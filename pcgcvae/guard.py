@@ -35,7 +35,8 @@ DEFAULT_PREDICTOR = "energy"  # pcgcvae.trial.PREDICTORS
 # stencil (true 1.14) and on in-distribution wins (true 0.96-0.99); from a smoothed one (5, 20 or 50
 # sweeps) the wins predict 0.977-0.997 and the stencils 1.02-1.21 (README, "The guard"; models/poisson.md)
 DEFAULT_SMOOTH = 20
-# the short CG runs' exact solution (pcgcvae.trial.STARTS): "random" (smoothed as above) or "near-nullspace"
+# the short CG runs' exact solution (pcgcvae.trial.STARTS): "random" (smoothed as above), "near-nullspace" or
+# "translations"; a model calibrated from another start (calibrate --start) uses that one by default
 DEFAULT_START = "random"
 # at or below this many global rows the spectral check runs each candidate's CG to convergence on one random
 # right-hand side (pcgcvae.trial.full_cg) and keeps the model's factor only if it took fewer iterations: the

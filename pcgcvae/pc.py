@@ -66,7 +66,7 @@ from .trial import (
     energy_ratio,
     exact_solution,
     full_cg,
-    near_nullspace_solution,
+    modes_solution,
     predicted_ratio,
     short_cg,
 )
@@ -702,8 +702,9 @@ class GCVAEPC(SPAIFactorPC):
     per candidate in the spectral check; 0: the Kaporin gap alone), ``-pc_gcvae_guard_ratio R``
     (keep a candidate whose predicted iterations are at most R times FSAI's),
     ``-pc_gcvae_guard_predictor energy|condition|mean`` (how the short CG runs predict the iterations),
-    ``-pc_gcvae_guard_start random|near-nullspace`` (the short runs' exact solution: random, or a
-    combination of the operator's near-nullspace vectors -- its translations when it has none),
+    ``-pc_gcvae_guard_start random|near-nullspace|translations`` (the short runs' exact solution: random,
+    or a combination of the operator's near-nullspace vectors -- random when it has none -- or of its
+    translations),
     ``-pc_gcvae_guard_smooth N`` (damped-Jacobi sweeps on the short runs' random exact solution),
     ``-pc_gcvae_guard_full_rows N`` (at or below N global rows, each candidate's CG runs to convergence
     on a random right-hand side instead, and the model's factor is kept only if it took fewer iterations;
@@ -986,13 +987,20 @@ class GCVAEPC(SPAIFactorPC):
             return self.guard_start
         return str(self.model_info.get("meta", {}).get("guard_start", DEFAULT_START))
 
-    def _guard_ratio(self) -> tuple[float, str]:
-        """The spectral check's ratio threshold in effect and where it comes from."""
+    def _guard_ratio(self, start: str | None = None) -> tuple[float, str]:
+        """The spectral check's ratio threshold in effect and where it comes from: the option's, else the
+        model's calibration for the start the short runs took (``start``, one of :data:`pcgcvae.trial.STARTS`;
+        None: the start the model was calibrated with), else the package default."""
         if self.guard_ratio is not None:
             return self.guard_ratio, "-pc_gcvae_guard_ratio"
-        calibrated = self.model_info.get("meta", {}).get("guard_ratio", {})
-        if str(self.pattern_level) in calibrated:
-            return float(calibrated[str(self.pattern_level)]), "the model's calibration"
+        meta = self.model_info.get("meta", {})
+        level = str(self.pattern_level)
+        by_start = meta.get("guard_ratio_by_start", {}).get(start or "", {})
+        if level in by_start:
+            return float(by_start[level]), f"the model's calibration, {start} start"
+        calibrated = meta.get("guard_ratio", {})
+        if level in calibrated:
+            return float(calibrated[level]), "the model's calibration"
         return DEFAULT_RATIO, "the package default"
 
     def _before_values(self, P: PETSc.Mat) -> None:
@@ -1056,10 +1064,12 @@ class GCVAEPC(SPAIFactorPC):
         full = P.getSize()[0] <= self.guard_full_rows  # whole solves: the iteration counts themselves
         guard.update(mode="full" if full else "short")
         with self._timed("guard", "GCVAEGuard"):
-            xstar = None if full or self._guard_start() == "random" else near_nullspace_solution(P, self.seed)
-            guard.update(start="random" if xstar is None else "near-nullspace")
+            start = "random" if full else self._guard_start()
+            xstar = None if start == "random" else modes_solution(P, self.seed, start)
             if xstar is None:  # full: the right-hand side
-                xstar = exact_solution(P, self.seed, 0 if full else self.guard_smooth)
+                xstar, start = exact_solution(P, self.seed, 0 if full else self.guard_smooth), "random"
+            ratio, ratio_source = self._guard_ratio(start)  # calibrated per start
+            guard.update(start=start, ratio_threshold=ratio, ratio_source=ratio_source)
             trials, built = {}, {}
             try:
                 for alpha in [0.0] + [a for a in self.guard_alphas if a != 0.0]:
@@ -1113,10 +1123,11 @@ class GCVAEPC(SPAIFactorPC):
                      + f", kept when fewer than FSAI's (alpha 0) and the ratio <= {guard['ratio_threshold']:g} "
                        f"({guard['ratio_source']})")
         elif guard["trials"]:
-            start = (f"x* random, smoothed by {guard.get('smooth', 0)} Jacobi sweeps"
-                     if guard.get("start", "random") == "random" else "x* from the near-nullspace")
+            start = {"near-nullspace": "x* from the operator's near-nullspace vectors",
+                     "translations": "x* from the operator's translations"}.get(
+                guard.get("start", "random"), f"x* random, smoothed by {guard.get('smooth', 0)} Jacobi sweeps")
             if guard.get("start") == "random" and self._guard_start() != "random":
-                start += " (no near-nullspace mode of positive energy)"
+                start += f" (asked for the {self._guard_start()}: the operator has none of positive energy)"
             line += (f"; {guard['steps']} CG steps per candidate ({start}), predicted iterations / FSAI's "
                      f"({guard['predictor']}): "
                      + ", ".join(f"alpha {a:g}: {t['ratio']:.3f} (energy-rate ratio {t['energy_ratio']:.3f}, "

@@ -100,30 +100,35 @@ def exact_solution(P: PETSc.Mat, seed: int, sweeps: int = 0) -> PETSc.Vec:
     return x
 
 
-STARTS = ("random", "near-nullspace")  # -pc_gcvae_guard_start: the short runs' exact solution x*
+# -pc_gcvae_guard_start: the short runs' exact solution x* (:func:`exact_solution`, :func:`modes_solution`); a run
+# asked to start from the near-nullspace or the translations starts from the random x* where they have no energy
+STARTS = ("random", "near-nullspace", "translations")
 
 
-def near_nullspace_solution(P: PETSc.Mat, seed: int) -> PETSc.Vec | None:
-    """``x*`` from the operator's lowest-energy modes: a random combination (the same coefficients on
-    every rank) of its near-nullspace vectors (``MatSetNearNullSpace``, as set for GAMG: the rigid-body
-    modes of elasticity; Firedrake's ``near_nullspace``), else of the constant of each component of its
-    block (translations; the constant of a scalar operator), with the operator's null space
-    (``MatSetNullSpace``) removed.  These are the errors CG reduces last: short runs from them see the
-    bottom of the spectrum that sets a solve's iteration count, where runs from a random x* see its top.
-    None where nothing of positive energy is left (a pure Neumann scalar operator), for
-    :func:`exact_solution`'s random start instead.  Collective."""
+def modes_solution(P: PETSc.Mat, seed: int, start: str) -> PETSc.Vec | None:
+    """``x*`` from the operator's lowest-energy modes, a random combination (the same coefficients on every
+    rank) of: its near-nullspace vectors (``start`` "near-nullspace": ``MatSetNearNullSpace``, as set for
+    GAMG -- the rigid-body modes of elasticity, Firedrake's ``near_nullspace``), or its translations
+    ("translations": the constant of each component of its block; of a scalar operator, the constant), with
+    the operator's null space (``MatSetNullSpace``) removed.  These are the errors CG reduces last: short runs
+    from them see the bottom of the spectrum that sets a solve's iteration count, where runs from a random x*
+    see its top.  None where the operator has no near-nullspace vectors (of its layout), or where nothing of
+    positive energy is left (a pure Neumann scalar operator): :func:`exact_solution` instead.  Collective."""
+    if start not in ("near-nullspace", "translations"):
+        raise ValueError(f"unknown start '{start}'; expected near-nullspace or translations")
     x = P.createVecRight()
     nlocal = x.getLocalSize()
-    near = P.getNearNullSpace()
-    vecs = list(near.getVecs()) if near else []
-    if vecs and any(v.getLocalSize() != nlocal for v in vecs):  # not this operator's layout: not used
-        vecs = []
     rng = np.random.default_rng([seed, 7919])
-    if vecs:
+    if start == "near-nullspace":
+        near = P.getNearNullSpace()
+        vecs = list(near.getVecs()) if near else []
+        if not vecs or any(v.getLocalSize() != nlocal for v in vecs):  # none, or not this operator's layout
+            x.destroy()
+            return None
         x.set(float(rng.standard_normal()) if near.hasConstant() else 0.0)
         for v in vecs:
             x.axpy(float(rng.standard_normal()), v)
-    else:  # translations: component c of every block gets the constant c
+    else:  # component c of every block gets the constant c
         bs = P.getBlockSize()
         x.array[:] = np.tile(rng.standard_normal(bs), nlocal // bs)
     null = P.getNullSpace()

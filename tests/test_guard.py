@@ -322,6 +322,16 @@ def test_calibrated_ratio_comes_from_the_model(tiny_poisson, tmp_path) -> None:
     guard = ctx.stats["guard"]
     assert guard["ratio_source"] == "-pc_gcvae_guard_ratio" and guard["ratio_threshold"] == 2.0
     assert guard["alpha"] == (1.0 if guard["trials"][1.0]["ratio"] < 1.0 else 0.0)  # the better of the two
+    # calibrated per start: the model's start by default, and the threshold of the start the short runs took
+    save_checkpoint(path, model, dict(info["meta"], guard_ratio={"1": 0.9}, guard_start="translations",
+                                      guard_ratio_by_start={"translations": {"1": 0.8}, "random": {"1": 0.7}}))
+    _, ctx = _setup(A, pc_gcvae_model=str(path), **SHORT, pc_gcvae_guard_threshold=1e9)
+    guard = ctx.stats["guard"]
+    assert guard["start"] == "translations" and guard["ratio_threshold"] == 0.8
+    assert guard["ratio_source"] == "the model's calibration, translations start"
+    for start in ("random", "near-nullspace"):  # no near-nullspace set: the random start, and its threshold
+        _, ctx = _setup(A, pc_gcvae_model=str(path), **SHORT, pc_gcvae_guard_threshold=1e9, pc_gcvae_guard_start=start)
+        assert ctx.stats["guard"]["start"] == "random" and ctx.stats["guard"]["ratio_threshold"] == 0.7
 
 
 def test_smoothed_start_catches_the_five_point_stencil() -> None:
@@ -420,6 +430,13 @@ def test_calibration_rules_leave_predicted_losses_to_the_short_cg() -> None:
     out = thresholds_of(rows, [1])
     assert out["ratios"]["1"] == pytest.approx(0.999 * 0.98, abs=1e-6)
     assert out["thresholds"]["1"] == pytest.approx(1.25 * 0.040, abs=1e-6)  # both losses predicted above R
+    assert out["ratios_by_start"] == {}  # no per-start predictions recorded
+    # per start: each start's predictions give its own ratio threshold (what the guard uses after a fallback)
+    for row, other in zip(rows, (0.96, 0.99, 0.985, 1.05)):
+        row["L1"]["preds"] = {"near-nullspace": row["L1"]["pred"], "translations": other}
+    out = thresholds_of(rows, [1])
+    assert out["ratios_by_start"]["near-nullspace"]["1"] == out["ratios"]["1"]
+    assert out["ratios_by_start"]["translations"]["1"] == pytest.approx(0.999 * 0.985, abs=1e-6)
 
 
 def test_whole_solves_decide_on_small_problems(capfd) -> None:
@@ -559,18 +576,20 @@ def _kron_block(A: PETSc.Mat, bs: int) -> PETSc.Mat:
     return B
 
 
-def test_near_nullspace_start_spans_the_modes_or_the_translations() -> None:
-    """x* of ``-pc_gcvae_guard_start near-nullspace``: a combination of the operator's near-nullspace vectors
-    when it has them, else of its translations (component c of every block alike), the same on every call
-    with one seed; None when the operator's null space leaves nothing of positive energy."""
-    from pcgcvae.trial import near_nullspace_solution
+def test_modes_start_spans_the_near_nullspace_or_the_translations() -> None:
+    """x* of ``-pc_gcvae_guard_start near-nullspace|translations``: a combination of the operator's
+    near-nullspace vectors (None without them), or of its translations (component c of every block alike),
+    the same on every call with one seed; None when the operator's null space leaves nothing of positive
+    energy."""
+    from pcgcvae.trial import modes_solution
 
     A = _kron_block(laplacian_2d(12, comm=PETSc.COMM_SELF, kappa_seed=1), 2)
-    x = near_nullspace_solution(A, seed=5)
+    assert modes_solution(A, seed=5, start="near-nullspace") is None  # none set
+    x = modes_solution(A, seed=5, start="translations")
     pairs = x.array.reshape(-1, 2)
-    assert np.all(pairs == pairs[0]) and pairs[0, 0] != pairs[0, 1]  # translations: a constant per component
-    assert np.array_equal(near_nullspace_solution(A, seed=5).array, x.array)
-    assert not np.array_equal(near_nullspace_solution(A, seed=6).array, x.array)
+    assert np.all(pairs == pairs[0]) and pairs[0, 0] != pairs[0, 1]  # a constant per component
+    assert np.array_equal(modes_solution(A, seed=5, start="translations").array, x.array)
+    assert not np.array_equal(modes_solution(A, seed=6, start="translations").array, x.array)
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((A.getSize()[0], 3)))  # orthonormal, as PETSc asks
     vecs = []
     for k in range(3):
@@ -578,30 +597,37 @@ def test_near_nullspace_start_spans_the_modes_or_the_translations() -> None:
         v.array[:] = q[:, k]
         vecs.append(v)
     A.setNearNullSpace(PETSc.NullSpace().create(vectors=vecs, comm=PETSc.COMM_SELF))
-    y = near_nullspace_solution(A, seed=5).array
+    y = modes_solution(A, seed=5, start="near-nullspace").array
     basis = np.column_stack([v.array_r for v in vecs])
     coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
     assert np.linalg.norm(basis @ coef - y) <= 1e-10 * np.linalg.norm(y)  # in the modes' span
-    # a pure Neumann scalar operator: its constant null space removed, nothing is left
+    assert np.array_equal(modes_solution(A, seed=5, start="translations").array, x.array)  # asked: translations
+    # a pure Neumann scalar operator: its constant has no energy, and its null space removes it
     N = laplacian_2d(10, comm=PETSc.COMM_SELF)
     d = N.getRowSum()
     diag = N.getDiagonal()
     diag.axpy(-1.0, d)  # zero row sums: the Neumann Laplacian
     N.setDiagonal(diag)
-    assert near_nullspace_solution(N, seed=0) is None  # the constant has no energy
+    assert modes_solution(N, seed=0, start="translations") is None
     N.setNullSpace(PETSc.NullSpace().create(constant=True, comm=PETSc.COMM_SELF))
-    assert near_nullspace_solution(N, seed=0) is None  # removed by the null space
+    assert modes_solution(N, seed=0, start="translations") is None
+    with pytest.raises(ValueError):
+        modes_solution(N, seed=0, start="random")
 
 
 def test_guard_start_option_view_and_errors(tiny_poisson, capfd) -> None:
     A = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=2)
     common = {"pc_gcvae_model": str(tiny_poisson), **SHORT, "pc_gcvae_guard_threshold": 1e9,
               "pc_gcvae_guard_steps": 8}
-    ksp, ctx = _setup(A, **common, pc_gcvae_guard_start="near-nullspace")
+    ksp, ctx = _setup(A, **common, pc_gcvae_guard_start="translations")
     guard = ctx.stats["guard"]
-    assert guard["start"] == "near-nullspace" and guard["trials"][1.0]["steps"] == 8
+    assert guard["start"] == "translations" and guard["trials"][1.0]["steps"] == 8
     ksp.view()
-    assert "CG steps per candidate (x* from the near-nullspace)" in capfd.readouterr().out
+    assert "CG steps per candidate (x* from the operator's translations)" in capfd.readouterr().out
+    ksp, ctx = _setup(A, **common, pc_gcvae_guard_start="near-nullspace")  # none set: the random start
+    assert ctx.stats["guard"]["start"] == "random"
+    ksp.view()
+    assert "(asked for the near-nullspace: the operator has none of positive energy)" in capfd.readouterr().out
     _, rand = _setup(A, **common, pc_gcvae_guard_start="random")
     assert rand.stats["guard"]["start"] == "random"
     assert rand.stats["guard"]["trials"][1.0]["energy_ratio"] != guard["trials"][1.0]["energy_ratio"]

@@ -152,14 +152,20 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
                               "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
                               "pc_gcvae_guard_fraction": 1.0, "pc_gcvae_guard_steps": 0})  # the model's factor
             gap = gcvae.pc_stats["guard"]["estimate"]
-            probe = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
-                              "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
-                              "pc_gcvae_guard_ratio": 1.0,  # the spectral check always runs here,
-                              "pc_gcvae_guard_start": start,
-                              "pc_gcvae_guard_full_rows": 0})  # as the short CG runs even on small problems
-            pred = probe.pc_stats["guard"]["trials"][1.0]["ratio"]
+            preds = {}  # the prediction from every start the guard can take (its fallbacks included)
+            # the asked start first; with a start other than random, every start (each gets its own threshold)
+            for asked in [start] + ([k for k in STARTS if k != start] if start != "random" else []):
+                probe = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
+                                  "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
+                                  "pc_gcvae_guard_ratio": 1.0,  # the spectral check always runs here,
+                                  "pc_gcvae_guard_start": asked,
+                                  "pc_gcvae_guard_full_rows": 0})  # as the short CG runs even on small problems
+                guard = probe.pc_stats["guard"]
+                preds.setdefault(guard["start"], round(guard["trials"][1.0]["ratio"], 4))
+            first = next(iter(preds))  # the start the guard takes on this problem as it is solved
             row[f"L{level}"] = {"fsai": fsai.iterations, "gcvae": gcvae.iterations, "gap": round(gap, 6),
-                                "ratio": round(gcvae.iterations / fsai.iterations, 4), "pred": round(pred, 4)}
+                                "ratio": round(gcvae.iterations / fsai.iterations, 4), "pred": preds[first],
+                                "preds": preds}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {**thresholds_of(rows, meta["pattern_levels"]), "rows": rows,
@@ -170,14 +176,18 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
 
 
 def thresholds_of(rows: list[dict], levels: list[int]) -> dict:
-    """Both thresholds of every level from the measured rows, and the rules' descriptions."""
-    thresholds, ratios = {}, {}
+    """Both thresholds of every level from the measured rows, the ratio threshold of every start measured
+    on every problem (``preds``), and the rules' descriptions."""
+    thresholds, ratios, by_start = {}, {}, {}
     for level in levels:
         cells = [r[f"L{level}"] for r in rows]
         ratios[str(level)] = round(ratio_from([(c["pred"], c["ratio"]) for c in cells]), 6)
         thresholds[str(level)] = round(threshold_from([(c["gap"], c["ratio"], c["pred"]) for c in cells],
                                                       ratios[str(level)]), 6)
-    return {"thresholds": thresholds, "ratios": ratios,
+        for kind in set.intersection(*(set(c.get("preds", {})) for c in cells)):
+            by_start.setdefault(kind, {})[str(level)] = round(
+                ratio_from([(c["preds"][kind], c["ratio"]) for c in cells]), 6)
+    return {"thresholds": thresholds, "ratios": ratios, "ratios_by_start": by_start,
             "rule": f"{MARGIN} x largest winning gap, below the smallest losing gap the short CG does not catch; "
                     "0 if no win",
             "ratio_rule": "min(1, 0.999 x smallest losing prediction); 0 if no win"}
@@ -192,6 +202,7 @@ def write(ckpt: Path, result: dict) -> None:
     meta["guard_threshold"] = result["thresholds"]
     meta["guard_ratio"] = result["ratios"]
     meta["guard_start"] = result.get("start", "random")
+    meta["guard_ratio_by_start"] = result.get("ratios_by_start", {})
     meta["guard_calibration"] = result
     save_checkpoint(ckpt, model, meta)
 
@@ -215,8 +226,13 @@ def summary(result: dict) -> str:
                  + (f"; drawn like {', '.join(result['generators'])} in turn" if result.get("generators") else "")
                  + ")")
     lines.append("Ratio thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["ratios"].items())
-                 + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor from x* smoothed by "
-                   f"{result.get('smooth', 0)} Jacobi sweeps)")
+                 + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor from "
+                 + (f"x* smoothed by {result.get('smooth', 0)} Jacobi sweeps"
+                    if result.get("start", "random") == "random"
+                    else "the problems' near-nullspace vectors (`-pc_gcvae_guard_start near-nullspace`)") + ")")
+    for kind, per_level in result.get("ratios_by_start", {}).items():
+        lines.append(f"Ratio thresholds from the {kind} start: "
+                     + ", ".join(f"level {k}: {v:.4f}" for k, v in per_level.items()))
     return "\n".join(lines)
 
 

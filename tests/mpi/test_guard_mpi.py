@@ -118,10 +118,10 @@ def test_short_cg_check_decides_once_for_every_rank(comm, tiny_poisson, overlap:
 
 
 def test_near_nullspace_start_is_the_serial_one_and_decides_once(comm, tiny_poisson) -> None:
-    """``-pc_gcvae_guard_start near-nullspace`` under MPI: x* (here the constant of a scalar operator; with
-    near-nullspace vectors their combination) is the serial one whatever the layout, and the short runs
-    from it give every rank the same prediction and decision."""
-    from pcgcvae.trial import near_nullspace_solution
+    """``-pc_gcvae_guard_start near-nullspace`` under MPI: x* (a combination of the near-nullspace vectors)
+    is the serial one whatever the layout, and the short runs from it give every rank the same prediction
+    and decision."""
+    from pcgcvae.trial import modes_solution
 
     A = laplacian_2d(30, kappa_seed=4)
     rng = np.random.default_rng(3)
@@ -131,13 +131,13 @@ def test_near_nullspace_start_is_the_serial_one_and_decides_once(comm, tiny_pois
     lo, hi = v.getOwnershipRange()
     v.array[:] = field[lo:hi]
     A.setNearNullSpace(PETSc.NullSpace().create(vectors=[v], comm=comm))
-    x = near_nullspace_solution(A, seed=9)
+    x = modes_solution(A, seed=9, start="near-nullspace")
     whole = np.concatenate(comm.allgather(x.array.copy()))
     serial = laplacian_2d(30, comm=PETSc.COMM_SELF, kappa_seed=4)
     w = serial.createVecRight()
     w.array[:] = field
     serial.setNearNullSpace(PETSc.NullSpace().create(vectors=[w], comm=PETSc.COMM_SELF))
-    assert np.allclose(whole, near_nullspace_solution(serial, seed=9).array, rtol=1e-12, atol=0)
+    assert np.allclose(whole, modes_solution(serial, seed=9, start="near-nullspace").array, rtol=1e-12, atol=0)
     ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9, pc_gcvae_guard_full_rows=0,
                  pc_gcvae_guard_steps=8, pc_gcvae_guard_start="near-nullspace")
     guard = ctx.stats["guard"]
