@@ -437,6 +437,10 @@ def test_calibration_rules_leave_predicted_losses_to_the_short_cg() -> None:
     out = thresholds_of(rows, [1])
     assert out["ratios_by_start"]["near-nullspace"]["1"] == out["ratios"]["1"]
     assert out["ratios_by_start"]["translations"]["1"] == pytest.approx(0.999 * 0.985, abs=1e-6)
+    from pcgcvae.training.calibrate import kept_wins
+
+    assert kept_wins(rows, "1", "translations", 0.984) == "1 / 1 (>= 3 %: 1 / 1)"  # the one win, 0.95, at 0.96
+    assert kept_wins(rows, "1", "translations", 0.95) == "0 / 1 (>= 3 %: 0 / 1)"
 
 
 def test_whole_solves_decide_on_small_problems(capfd) -> None:

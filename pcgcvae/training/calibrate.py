@@ -207,6 +207,19 @@ def write(ckpt: Path, result: dict) -> None:
     save_checkpoint(ckpt, model, meta)
 
 
+def kept_wins(rows: list[dict], level: str, start: str, ratio: float) -> str:
+    """How many of the calibration's wins (all, and those of >= 3 %) the short runs from ``start`` keep at
+    the ratio threshold ``ratio``, as "k / n (>= 3 %: k / n)"."""
+    cells = [r[f"L{level}"] for r in rows]
+    wins = [c for c in cells if c["ratio"] < 1.0]
+    big = [c for c in wins if c["ratio"] <= 0.97]
+
+    def kept(cs: list[dict]) -> int:
+        return sum(c["preds"][start] <= ratio for c in cs)
+
+    return f"{kept(wins)} / {len(wins)} (>= 3 %: {kept(big)} / {len(big)})"
+
+
 def summary(result: dict) -> str:
     """A markdown table of the calibration."""
     levels = sorted(k for k in result["rows"][0] if k.startswith("L"))
@@ -232,7 +245,9 @@ def summary(result: dict) -> str:
                     else "the problems' near-nullspace vectors (`-pc_gcvae_guard_start near-nullspace`)") + ")")
     for kind, per_level in result.get("ratios_by_start", {}).items():
         lines.append(f"Ratio thresholds from the {kind} start: "
-                     + ", ".join(f"level {k}: {v:.4f}" for k, v in per_level.items()))
+                     + ", ".join(f"level {k}: {v:.4f}" for k, v in per_level.items())
+                     + "; the model's wins the short runs keep at them: "
+                     + ", ".join(f"level {k}: {kept_wins(result['rows'], k, kind, v)}" for k, v in per_level.items()))
     return "\n".join(lines)
 
 
