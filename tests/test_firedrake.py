@@ -93,3 +93,23 @@ def test_heldout_3d_needs_elasticity() -> None:
 
     with pytest.raises(ValueError, match="elasticity family only"):
         evaluate_heldout(shipped_model_path("poisson"), "poisson", [8], sizes_3d=[8])
+
+
+def test_guard_starts_from_firedrakes_near_nullspace() -> None:
+    """The shipped elasticity model's guard runs its short CG from the rigid-body modes a Firedrake user passes
+    as ``near_nullspace`` (the solver sets them on the assembled matrix, as for GAMG), the start its thresholds
+    were calibrated with; without them it takes the random start and that start's threshold."""
+    p = build_problem(ProblemSpec("elasticity", 12, dim=2, seed=3, params={"E_sigma": 1.0, "nu": 0.3}))
+    params = {"mat_type": "aij", "pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC",
+              "pc_gcvae_guard_threshold": 1e9, "pc_gcvae_guard_full_rows": 0}  # the short runs always run here
+    _, ksp = p.solve({**CG, **params})
+    ctx = ksp.getPC().getPythonContext()
+    meta = ctx.model_info["meta"]
+    assert meta["guard_start"] == "near-nullspace" and p.near_nullspace is not None
+    guard = ctx.stats["guard"]
+    assert guard["start"] == "near-nullspace" and guard["signal"] == "short CG"
+    assert guard["ratio_threshold"] == meta["guard_ratio_by_start"]["near-nullspace"]["1"]
+    p.near_nullspace = None
+    _, ksp = p.solve({**CG, **params})
+    guard = ksp.getPC().getPythonContext().stats["guard"]
+    assert guard["start"] == "random" and guard["ratio_threshold"] == meta["guard_ratio_by_start"]["random"]["1"]
