@@ -43,6 +43,13 @@ DEFAULT_START = "random"
 # 20-step prediction missed one-iteration losses there (P1/P2 Poisson at ~10^3 dofs, level 2: 42 vs 41 and
 # 43 vs 42 iterations, predicted 0.992 and 0.995), and a whole solve costs less than the setup
 DEFAULT_FULL_ROWS = 5000
+# above those rows: where FSAI's short run extrapolates to at most this many iterations
+# (pcgcvae.trial.TrialResult.estimated_iterations, about 3 times the short run), FSAI's CG runs to convergence,
+# capped at as many iterations, and if it converged the whole solves decide as on small problems.  On a
+# ~50-iteration solve one iteration is 2 %, below what 20 steps resolve (foreign suite, P1 3D layers at level 2:
+# predicted 0.995, 50 vs 49 iterations); the cap bounds what a misjudged long solve costs (44 steps); solves of
+# several hundred iterations extrapolate to more than this (the benchmark at 10^5 dofs) and stay with the short runs
+DEFAULT_FULL_ITERATIONS = 64
 
 
 @dataclass

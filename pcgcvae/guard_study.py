@@ -76,7 +76,8 @@ def study_problem(name: str, built: Built, levels: list[int], steps: list[int], 
             # ratio 1: the trials run whatever the model's calibration (a calibrated 0 would skip them)
             probe = run_pc(built, name, "gcvae", b, {**gc, "pc_gcvae_guard_threshold": 1e9, "pc_gcvae_guard_ratio": 1.0,
                                                       "pc_gcvae_guard_steps": s, "pc_gcvae_guard_alphas": "0.5,1",
-                                                      "pc_gcvae_guard_smooth": smooth, "pc_gcvae_guard_full_rows": 0})
+                                                      "pc_gcvae_guard_smooth": smooth, "pc_gcvae_guard_full_rows": 0,
+                                                      "pc_gcvae_guard_full_iterations": 0})
             row["gap"] = probe.get("guard_estimate")
             trials = probe.get("guard_trials", {})
             row[f"pred{s}"] = round(trials["1"]["ratio"], 4) if "1" in trials else None

@@ -34,6 +34,7 @@ from .features import GraphTopology, build_arrays, graph_topology
 from .fsai import FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
 from .guard import (
     DEFAULT_FRACTION,
+    DEFAULT_FULL_ITERATIONS,
     DEFAULT_FULL_ROWS,
     DEFAULT_PREDICTOR,
     DEFAULT_RATIO,
@@ -62,6 +63,7 @@ from .trial import (
     FULL_RTOL,
     PREDICTORS,
     STARTS,
+    TrialResult,
     condition_ratio,
     energy_ratio,
     exact_solution,
@@ -706,6 +708,8 @@ class GCVAEPC(SPAIFactorPC):
     or a combination of the operator's near-nullspace vectors -- random when it has none -- or of its
     translations),
     ``-pc_gcvae_guard_smooth N`` (damped-Jacobi sweeps on the short runs' random exact solution),
+    ``-pc_gcvae_guard_full_iterations N`` (where FSAI's short run extrapolates to at most N iterations, FSAI's
+    CG runs to convergence, at most N iterations, and if it converged the same whole solves decide; 0: never),
     ``-pc_gcvae_guard_full_rows N`` (at or below N global rows, each candidate's CG runs to convergence
     on a random right-hand side instead, and the model's factor is kept only if it took fewer iterations;
     0: never),
@@ -731,6 +735,7 @@ class GCVAEPC(SPAIFactorPC):
         self.guard_smooth = DEFAULT_SMOOTH
         self.guard_start: str | None = None  # None: the start the model was calibrated with, else DEFAULT_START
         self.guard_full_rows = DEFAULT_FULL_ROWS
+        self.guard_full_iterations = DEFAULT_FULL_ITERATIONS
         self.guard_ratio: float | None = None  # None: the model's calibrated ratio, else DEFAULT_RATIO
         self.guard_alphas: list[float] = [1.0]
         self.guard_predictor = DEFAULT_PREDICTOR
@@ -759,6 +764,7 @@ class GCVAEPC(SPAIFactorPC):
         if opts.hasName(stem + "guard_start"):
             self.guard_start = opts.getString(stem + "guard_start")
         self.guard_full_rows = opts.getInt(stem + "guard_full_rows", self.guard_full_rows)
+        self.guard_full_iterations = opts.getInt(stem + "guard_full_iterations", self.guard_full_iterations)
         if opts.hasName(stem + "guard_ratio"):
             self.guard_ratio = opts.getReal(stem + "guard_ratio")
         self.guard_predictor = opts.getString(stem + "guard_predictor", self.guard_predictor)
@@ -788,6 +794,8 @@ class GCVAEPC(SPAIFactorPC):
             raise OptionError(f"-pc_gcvae_guard_steps must be >= 0, got {self.guard_steps}")
         if self.guard_smooth < 0:
             raise OptionError(f"-pc_gcvae_guard_smooth must be >= 0, got {self.guard_smooth}")
+        if self.guard_full_iterations < 0:
+            raise OptionError(f"-pc_gcvae_guard_full_iterations must be >= 0, got {self.guard_full_iterations}")
         if self.guard_full_rows < 0:
             raise OptionError(f"-pc_gcvae_guard_full_rows must be >= 0, got {self.guard_full_rows}")
         if self.guard_ratio is not None and not (self.guard_ratio >= 0 and np.isfinite(self.guard_ratio)):
@@ -978,7 +986,11 @@ class GCVAEPC(SPAIFactorPC):
         return (threshold, self.guard_fraction, self.pattern_level, self.pattern_threshold, self._ordering(),
                 self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self._guard_ratio()[0],
                 tuple(self.guard_alphas), self.guard_predictor, self.guard_smooth, self._guard_start(),
-                self.guard_full_rows)
+                self.guard_full_rows, self.guard_full_iterations)
+
+    def _short_solve(self, fsai_trial: TrialResult) -> bool:
+        """Whether FSAI's short run extrapolates to a solve of at most ``-pc_gcvae_guard_full_iterations``."""
+        return fsai_trial.estimated_iterations() <= self.guard_full_iterations
 
     def _guard_start(self) -> str:
         """The short CG runs' start in effect: the option's, else the one the model's thresholds were
@@ -1053,6 +1065,7 @@ class GCVAEPC(SPAIFactorPC):
                  "steps": self.guard_steps, "smooth": self.guard_smooth, "ratio_threshold": ratio,
                  "ratio_source": ratio_source,
                  "predictor": self.guard_predictor, "full_rows": self.guard_full_rows,
+                 "full_iterations": self.guard_full_iterations,
                  "trials": {}}
         if estimate > threshold:
             guard.update(alpha=0.0, fired=True, signal="Kaporin gap")
@@ -1062,7 +1075,7 @@ class GCVAEPC(SPAIFactorPC):
             return guard, None
         fsai = self._fsai_everywhere(comm, prob)
         full = P.getSize()[0] <= self.guard_full_rows  # whole solves: the iteration counts themselves
-        guard.update(mode="full" if full else "short")
+        guard.update(mode="full" if full else "short", full_reason="rows" if full else None)
         with self._timed("guard", "GCVAEGuard"):
             start = "random" if full else self._guard_start()
             xstar = None if start == "random" else modes_solution(P, self.seed, start)
@@ -1079,6 +1092,23 @@ class GCVAEPC(SPAIFactorPC):
                     built[alpha] = {"values": values, "factor": factor, "stats": stats, "G": G, "GT": GT}
                     trials[alpha] = (full_cg(P, G, xstar, GT=GT) if full
                                      else short_cg(P, G, xstar, self.guard_steps, GT=GT))
+                    if alpha == 0.0 and not full and self._short_solve(trials[0.0]):
+                        # FSAI's solve looks short: its whole solve, capped, and if it converged the same whole
+                        # solves of the other candidates decide exactly (as on small problems)
+                        rhs = exact_solution(P, self.seed, 0)
+                        whole = full_cg(P, G, rhs, GT=GT, max_it=self.guard_full_iterations)
+                        guard.update(fsai_estimate=round(trials[0.0].estimated_iterations(), 1),
+                                     fsai_whole=whole.steps if whole.converged else None)
+                        if whole.converged:
+                            full, start = True, "random"
+                            xstar.destroy()
+                            xstar = rhs
+                            ratio, ratio_source = self._guard_ratio(start)
+                            guard.update(mode="full", full_reason="iterations", start=start, ratio_threshold=ratio,
+                                         ratio_source=ratio_source)
+                            trials[0.0] = whole
+                        else:
+                            rhs.destroy()
                 ratios = {a: predicted_ratio(t, trials[0.0], self.guard_predictor) for a, t in trials.items()}
                 best = min(ratios, key=lambda a: (ratios[a], a))
                 keep = ratios[best] <= ratio and (ratios[best] < 1.0 or not full)  # full: at least one fewer
@@ -1116,7 +1146,12 @@ class GCVAEPC(SPAIFactorPC):
                 f"({guard['rows']} of {guard['of']} rows sampled), threshold {guard['threshold']:.4f} "
                 f"({guard['source']})")
         if guard["trials"] and guard.get("mode") == "full":
-            line += (f"; {guard['of']} rows <= {guard.get('full_rows')} (-pc_gcvae_guard_full_rows): CG to rtol "
+            why = (f"{guard['of']} rows <= {guard.get('full_rows')} (-pc_gcvae_guard_full_rows)"
+                   if guard.get("full_reason", "rows") == "rows" else
+                   f"FSAI's {guard['steps']}-step run extrapolated to {guard.get('fsai_estimate')} iterations <= "
+                   f"{guard.get('full_iterations')} (-pc_gcvae_guard_full_iterations) and its whole solve took "
+                   f"{guard.get('fsai_whole')}")
+            line += (f"; {why}: CG to rtol "
                      f"{FULL_RTOL:g} per candidate on a random right-hand side, iterations "
                      + ", ".join(f"alpha {a:g}: {t['steps']}{'' if t.get('converged') else ' (not converged)'}"
                                  for a, t in sorted(guard["trials"].items()))

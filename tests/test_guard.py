@@ -13,7 +13,8 @@ from petsc4py import PETSc
 from pcgcvae.evaluate import parallel_options, solve
 from pcgcvae.guard import GuardSample, combine, sample_rows
 
-SHORT = {"pc_gcvae_guard_full_rows": 0}  # the short CG run even on problems small enough for whole solves
+SHORT = {"pc_gcvae_guard_full_rows": 0, "pc_gcvae_guard_full_iterations": 0}  # the short CG runs even where whole
+# solves would decide (small problems, short solves)
 # The Poisson model shipped until 2026-12-03 (tests/models/README.md): a network that builds the factor from the
 # identity, not a correction to FSAI; far from FSAI on P3 elements and Q2 jumps, where it loses to FSAI without
 # the guard: the deliberately mismatched case of the guard's tests.
@@ -480,12 +481,40 @@ def test_whole_solves_decide_on_small_problems(capfd) -> None:
     ksp.view()
     out = capfd.readouterr().out
     assert "CG to rtol 1e-08 per candidate" in out and "-pc_gcvae_guard_full_rows" in out, out
-    # above the threshold the short runs decide
-    _, ctx = _setup(A, pc_gcvae_pattern_level=2, pc_gcvae_guard_full_rows=A.getSize()[0] - 1, **DIRECT)
+    # above the threshold the short runs decide (FSAI's 20 steps extrapolate to ~76 iterations: more than 64)
+    above = {"pc_gcvae_pattern_level": 2, "pc_gcvae_guard_full_rows": A.getSize()[0] - 1, **DIRECT}
+    _, ctx = _setup(A, **above)
     assert ctx.stats["guard"]["mode"] == "short"
-    with pytest.raises(PETSc.Error) as info:
-        _setup(A, pc_gcvae_guard_full_rows=-1)
-    assert "guard_full_rows" in str(info.value) or "guard_full_rows" in str(info.value.__cause__)
+    # ... unless that extrapolation is at most -pc_gcvae_guard_full_iterations: FSAI's whole solve (capped there)
+    # converges, and the same whole solves decide
+    ksp, ctx = _setup(A, **above, pc_gcvae_guard_full_iterations=100)
+    again = ctx.stats["guard"]
+    assert again["mode"] == "full" and again["full_reason"] == "iterations" and again["fired"], again
+    assert 64 < again["fsai_estimate"] <= 100 and again["fsai_whole"] == trials[0.0]["steps"]
+    assert {a: t["steps"] for a, t in again["trials"].items()} == {a: t["steps"] for a, t in trials.items()}
+    capfd.readouterr()
+    ksp.view()
+    out = capfd.readouterr().out
+    assert "CG to rtol 1e-08 per candidate" in out and "-pc_gcvae_guard_full_iterations" in out, out
+    for name in ("guard_full_rows", "guard_full_iterations"):
+        with pytest.raises(PETSc.Error) as info:
+            _setup(A, **{f"pc_gcvae_{name}": -1})
+        assert name in str(info.value) or name in str(info.value.__cause__)
+
+
+def test_capped_whole_solve_falls_back_to_the_short_runs(monkeypatch) -> None:
+    """When FSAI's extrapolation is wrong and its whole solve does not converge within the cap
+    (-pc_gcvae_guard_full_iterations), the short runs decide: a misjudged long solve costs at most the cap."""
+    from pcgcvae.trial import TrialResult
+
+    A = laplacian_2d(40, comm=PETSc.COMM_SELF, kappa_seed=3)
+    monkeypatch.setattr(TrialResult, "estimated_iterations", lambda self: 1.0)  # "short" whatever the run says
+    _, ctx = _setup(A, pc_gcvae_guard_full_rows=0, pc_gcvae_guard_full_iterations=5, **DIRECT)
+    guard = ctx.stats["guard"]
+    assert guard["mode"] == "short" and guard["fsai_whole"] is None and guard["fsai_estimate"] == 1.0, guard
+    assert guard["signal"] == "short CG" and guard["trials"][1.0]["steps"] == 20
+    _, ctx = _setup(A, pc_gcvae_guard_full_rows=0, pc_gcvae_guard_full_iterations=500, **DIRECT)
+    assert ctx.stats["guard"]["mode"] == "full" and ctx.stats["guard"]["fsai_whole"] <= 500
 
 
 @pytest.mark.parametrize("overlap", [0, 1])

@@ -159,7 +159,8 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
                                   "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
                                   "pc_gcvae_guard_ratio": 1.0,  # the spectral check always runs here,
                                   "pc_gcvae_guard_start": asked,
-                                  "pc_gcvae_guard_full_rows": 0})  # as the short CG runs even on small problems
+                                  "pc_gcvae_guard_full_rows": 0,  # the short CG runs even on small problems
+                                  "pc_gcvae_guard_full_iterations": 0})  # and short solves
                 guard = probe.pc_stats["guard"]
                 preds.setdefault(guard["start"], round(guard["trials"][1.0]["ratio"], 4))
             first = next(iter(preds))  # the start the guard takes on this problem as it is solved
