@@ -941,11 +941,14 @@ class GCVAEPC(SPAIFactorPC):
            instead and nothing else is tried.
         2. Spectrum (``-pc_gcvae_guard_steps`` > 0): FSAI is built on every row, and each candidate
            G(α) = G_FSAI + α (G_GCVAE − G_FSAI) (α = 0, FSAI itself, and ``-pc_gcvae_guard_alphas``,
-           default 1: the model's factor) runs a few CG steps on the same random system
-           (:mod:`pcgcvae.trial`); the candidate with the lowest predicted iteration count is kept
-           when it beats FSAI's prediction by the ratio ``-pc_gcvae_guard_ratio``, else FSAI.  At or
-           below ``-pc_gcvae_guard_full_rows`` global rows each candidate's CG runs to convergence on
-           a random right-hand side instead, and a candidate is kept only if it took fewer iterations.
+           default 1: the model's factor) runs a few CG steps on the same system P x = P x*, x* random
+           or from the operator's near-nullspace (``-pc_gcvae_guard_start``; :mod:`pcgcvae.trial`); the
+           candidate with the lowest predicted iteration count is kept when it beats FSAI's prediction
+           by the ratio ``-pc_gcvae_guard_ratio`` (calibrated per start), else FSAI.  At or below
+           ``-pc_gcvae_guard_full_rows`` global rows, or where FSAI's run extrapolates to a solve of at
+           most ``-pc_gcvae_guard_full_iterations`` and its whole solve (capped there) converges, each
+           candidate's CG runs to convergence on a random right-hand side instead, and a candidate is
+           kept only if it took fewer iterations.
 
         The decision (α) is cached per nonzero structure: a re-setup with new values on the same
         structure (Newton, time steps) and the same guard settings keeps it without measuring

@@ -98,16 +98,20 @@ def test_guard_decision_cache_is_collective(comm, tiny_poisson) -> None:
         assert comm.allgather(ctx.stats["guard"]["reused"]) == [recheck == "false"] * comm.size
 
 
-@pytest.mark.parametrize("overlap,full_rows", [(0, 0), (1, 0), (0, 5000), (1, 5000)])
-def test_short_cg_check_decides_once_for_every_rank(comm, tiny_poisson, overlap: int, full_rows: int) -> None:
-    """The spectral check (short CG with each candidate, or whole solves on this small problem) gives every
-    rank the same trials and decision."""
+@pytest.mark.parametrize("overlap,full_rows,full_iterations", [(0, 0, 0), (1, 0, 0), (0, 5000, 0), (1, 5000, 0),
+                                                                (0, 0, 1000), (1, 0, 1000)])
+def test_short_cg_check_decides_once_for_every_rank(comm, tiny_poisson, overlap: int, full_rows: int,
+                                                    full_iterations: int) -> None:
+    """The spectral check (short CG with each candidate, or whole solves: on this small problem, or where
+    FSAI's short run extrapolates to a short solve) gives every rank the same trials and decision."""
     A = laplacian_2d(36, kappa_seed=8)
     ctx = _setup(A, pc_gcvae_model=str(tiny_poisson), pc_gcvae_guard_threshold=1e9, pc_gcvae_overlap=overlap,
-                 pc_gcvae_guard_alphas="0.5,1", pc_gcvae_guard_steps=10, pc_gcvae_guard_full_rows=full_rows)
+                 pc_gcvae_guard_alphas="0.5,1", pc_gcvae_guard_steps=10, pc_gcvae_guard_full_rows=full_rows,
+                 pc_gcvae_guard_full_iterations=full_iterations)
     guard = ctx.stats["guard"]
-    signal = "whole CG solves" if full_rows else "short CG"
+    signal = "whole CG solves" if full_rows or full_iterations else "short CG"
     assert guard["signal"] == signal and set(guard["trials"]) == {0.0, 0.5, 1.0}
+    assert guard.get("full_reason") == ("rows" if full_rows else "iterations" if full_iterations else None)
     mine = (guard["alpha"], sorted((a, t["ratio"], t["reduction"]) for a, t in guard["trials"].items()))
     assert all(m == mine for m in comm.allgather(mine))
     if guard["alpha"] == 0.0:
