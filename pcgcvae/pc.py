@@ -1015,7 +1015,9 @@ class GCVAEPC(SPAIFactorPC):
             return float(by_start[level]), f"the model's calibration, {start} start"
         calibrated = meta.get("guard_ratio", {})
         if level in calibrated:
-            return float(calibrated[level]), "the model's calibration"
+            own = meta.get("guard_start", "random")
+            other = "" if start in (None, own) else f" from the {own} start (none from the {start} start)"
+            return float(calibrated[level]), "the model's calibration" + other
         return DEFAULT_RATIO, "the package default"
 
     def _before_values(self, P: PETSc.Mat) -> None:

@@ -323,6 +323,13 @@ def test_calibrated_ratio_comes_from_the_model(tiny_poisson, tmp_path) -> None:
     guard = ctx.stats["guard"]
     assert guard["ratio_source"] == "-pc_gcvae_guard_ratio" and guard["ratio_threshold"] == 2.0
     assert guard["alpha"] == (1.0 if guard["trials"][1.0]["ratio"] < 1.0 else 0.0)  # the better of the two
+    # a start the model was not calibrated from: its own start's threshold, and the source says so
+    save_checkpoint(path, model, dict(info["meta"], guard_ratio={"1": 0.9}))
+    _, ctx = _setup(A, pc_gcvae_model=str(path), **SHORT, pc_gcvae_guard_threshold=1e9,
+                    pc_gcvae_guard_start="translations")
+    guard = ctx.stats["guard"]
+    assert guard["start"] == "translations" and guard["ratio_threshold"] == 0.9
+    assert guard["ratio_source"] == "the model's calibration from the random start (none from the translations start)"
     # calibrated per start: the model's start by default, and the threshold of the start the short runs took
     save_checkpoint(path, model, dict(info["meta"], guard_ratio={"1": 0.9}, guard_start="translations",
                                       guard_ratio_by_start={"translations": {"1": 0.8}, "random": {"1": 0.7}}))

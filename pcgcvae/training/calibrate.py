@@ -17,9 +17,10 @@ side, serial).  The threshold of a level is then
     in-distribution loss), and 0 (always FSAI) when it won nowhere.
 
 On the same runs it records the guard's spectral prediction of that ratio (the model's factor against
-FSAI after :data:`pcgcvae.guard.DEFAULT_STEPS` CG steps each from an exact solution smoothed by
-:data:`pcgcvae.guard.DEFAULT_SMOOTH` Jacobi sweeps, :mod:`pcgcvae.trial`), and the ratio
-threshold of a level is
+FSAI after :data:`pcgcvae.guard.DEFAULT_STEPS` CG steps each from the exact solution of ``--start``: random,
+smoothed by :data:`pcgcvae.guard.DEFAULT_SMOOTH` Jacobi sweeps, or from the problem's near-nullspace (set on
+the matrix as it is solved) or its translations, :mod:`pcgcvae.trial`; the other starts are measured too, each
+getting its own ratio threshold, ``guard_ratio_by_start``), and the ratio threshold of a level is
 
     R = min(1, 0.999 × smallest prediction where the GCVAE needed more than FSAI's iterations),
     and 0 (the model's factor is never kept: no short CG, no inference) when it won nowhere.
@@ -31,7 +32,8 @@ that made the guard build FSAI on nearly every 2D problem, wins of 4-6 % include
 ``-pc_gcvae_guard_steps 0`` the losses the gap does not catch are kept.
 
 ``--stored`` applies the rules to the measurements a checkpoint already stores (no solves).
-``--write`` stores ``guard_threshold`` and ``guard_ratio`` (per level) and the measurements
+``--write`` stores ``guard_threshold`` and ``guard_ratio`` (per level), ``guard_start`` and
+``guard_ratio_by_start``, and the measurements
 (``guard_calibration``) in the checkpoint's metadata; export the ``.npz`` again afterwards
 (``python -m pcgcvae.training.export``).
 """
@@ -153,8 +155,8 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
                               "pc_gcvae_guard_fraction": 1.0, "pc_gcvae_guard_steps": 0})  # the model's factor
             gap = gcvae.pc_stats["guard"]["estimate"]
             preds = {}  # the prediction from every start the guard can take (its fallbacks included)
-            # the asked start first; with a start other than random, every start (each gets its own threshold)
-            for asked in [start] + ([k for k in STARTS if k != start] if start != "random" else []):
+            # the asked start first, then every other (each gets its own threshold: -pc_gcvae_guard_start)
+            for asked in [start] + [k for k in STARTS if k != start]:
                 probe = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
                                   "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
                                   "pc_gcvae_guard_ratio": 1.0,  # the spectral check always runs here,
