@@ -4,7 +4,8 @@ The sampled Kaporin gap (:mod:`pcgcvae.guard`) catches factors far from FSAI,
 but not the ones whose gap equals that of in-distribution wins while their
 spectrum is worse (3D stencils: DESIGN.md).  What CG will do is measured
 directly instead: both factors run ``k`` CG steps on the same system
-``P x = P x*`` (``x*`` random, optionally smoothed by a few damped-Jacobi sweeps;
+``P x = P x*`` (``x*`` random, optionally smoothed by a few damped-Jacobi sweeps, or a
+combination of the operator's near-nullspace vectors or translations, :func:`modes_solution`;
 ``x0 = 0``), and the energy-norm error
 reductions ``ρ = ‖x_k − x*‖_P / ‖x*‖_P`` give each factor's mean convergence
 rate per step, ``log ρ / k``.  Their quotient predicts the ratio of the two
@@ -205,8 +206,6 @@ def short_cg(P: PETSc.Mat, G: PETSc.Mat, xstar: PETSc.Vec, steps: int,
         b.destroy()
     reduction = float(np.sqrt(max(energy_k, 0.0) / energy_0)) if energy_0 > 0 else 1.0
     return TrialResult(taken, reduction, emax, emin)
-
-
 
 
 def full_cg(P: PETSc.Mat, G: PETSc.Mat, b: PETSc.Vec, GT: PETSc.Mat | None = None, rtol: float = FULL_RTOL,
