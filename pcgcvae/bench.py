@@ -242,6 +242,8 @@ def _plot(rows: list[dict], key: str, label: str, png: Path) -> None:
 
 def _guard_cell(r: dict) -> str:
     """The guard's decision in a table cell: what built the factor, why, and what it cost."""
+    from .foreign import signal_text
+
     if r.get("guard_alpha") in (None, ""):
         return "-"
     alpha = float(r["guard_alpha"])
@@ -249,8 +251,7 @@ def _guard_cell(r: dict) -> str:
     pred = r.get("guard_predicted")
     parts = [] if r.get("guard_estimate") in (None, "") else [f"gap {float(r['guard_estimate']):+.4f}"]
     parts += [] if pred in (None, "") else [f"predicted {float(pred):.3f}"]
-    parts.append(str(r["guard_signal"]) + (f" from {r['guard_start']}" if r.get("guard_signal") == "short CG"
-                                            and r.get("guard_start") else ""))
+    parts.append(signal_text(r))
     return f"{what} ({', '.join(parts)}; {float(r['guard_cost_s']):.3f} s)"
 
 

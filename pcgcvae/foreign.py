@@ -675,8 +675,9 @@ def _ksp_options(built: Built, pc_options: dict[str, Any]) -> dict[str, Any]:
 _counter = iter(range(10**9))
 
 
-def _signal_cell(r: dict) -> str:
-    """Which of the guard's signals decided, with the short CG runs' start."""
+def signal_text(r: dict) -> str:
+    """Which of the guard's signals decided a table row, with the short CG runs' start ("short CG from
+    near-nullspace")."""
     signal = r.get("guard_signal")
     if signal == "short CG" and r.get("guard_start"):
         return f"short CG from {r['guard_start']}"
@@ -942,7 +943,7 @@ def write_outputs(problems: list[dict], rows: list[dict], out: Path, meta: dict)
                          f"{_cell(r.get('kaporin'), '{:.5f}')} | {_cell(r.get('kaporin_gap'), '{:+.5f}')} | "
                          f"{_cell(r.get('guard_estimate'), '{:.5f}')} | {_cell(r.get('guard_threshold'))} | "
                          f"{_cell(r.get('guard_rows'))} | {_cell(r.get('guard_predicted'), '{:.3f}')} | "
-                         f"{_signal_cell(r)} | {_cell(r.get('guard_fired'))} | "
+                         f"{signal_text(r)} | {_cell(r.get('guard_fired'))} | "
                          f"{_cell(r.get('guard_cost_s'), '{:.3f}')} |")
         ratios = []
         for key, what in (("iterations", "random rhs"), ("iterations_own", "own rhs")):

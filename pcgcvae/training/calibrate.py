@@ -155,8 +155,11 @@ def calibrate(ckpt: Path, count: int = 48, sizes: list[int] | None = None,
                               "pc_gcvae_guard_fraction": 1.0, "pc_gcvae_guard_steps": 0})  # the model's factor
             gap = gcvae.pc_stats["guard"]["estimate"]
             preds = {}  # the prediction from every start the guard can take (its fallbacks included)
-            # the asked start first, then every other (each gets its own threshold: -pc_gcvae_guard_start)
-            for asked in [start] + [k for k in STARTS if k != start]:
+            # the asked start first, then every other (each gets its own threshold: -pc_gcvae_guard_start);
+            # without a near-nullspace that start is the random one's run, made once
+            asks = [k if P.getNearNullSpace() or k != "near-nullspace" else "random"
+                    for k in [start] + [k for k in STARTS if k != start]]
+            for asked in dict.fromkeys(asks):
                 probe = solve(P, {**parallel_options("gcvae", 1), "pc_gcvae_model": str(ckpt),
                                   "pc_gcvae_pattern_level": level, "pc_gcvae_guard_threshold": 1e9,
                                   "pc_gcvae_guard_ratio": 1.0,  # the spectral check always runs here,
@@ -243,9 +246,10 @@ def summary(result: dict) -> str:
                  + ")")
     lines.append("Ratio thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["ratios"].items())
                  + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor from "
-                 + (f"x* smoothed by {result.get('smooth', 0)} Jacobi sweeps"
-                    if result.get("start", "random") == "random"
-                    else "the problems' near-nullspace vectors (`-pc_gcvae_guard_start near-nullspace`)") + ")")
+                 + {"near-nullspace": "the problems' near-nullspace vectors (random without them)",
+                    "translations": "the problems' translations"}.get(
+                     result.get("start", "random"), f"x* smoothed by {result.get('smooth', 0)} Jacobi sweeps")
+                 + f", `-pc_gcvae_guard_start {result.get('start', 'random')}`)")
     for kind, per_level in result.get("ratios_by_start", {}).items():
         lines.append(f"Ratio thresholds from the {kind} start: "
                      + ", ".join(f"level {k}: {v:.4f}" for k, v in per_level.items())
