@@ -167,6 +167,8 @@ class SPAIFactorPC:
         self._setup_layout: dict | None = None  # this setup's factor layout (see _local_factor)
         self._work: PETSc.Vec | None = None
         self._structure: tuple[tuple, tuple] | None = None  # (sizes and type, digest of G's structure)
+        self._kept: tuple | None = None  # the operator and options the installed factor was built for
+        self._block_structure: tuple | None = None  # this setup's digest of the local block's structure
         self._pattern_cache: dict = {}  # Â's structure (digest), the pattern, Â's PETSc Mat at level >= 2
         self._same_structure = False  # this setup's Â has the nonzero structure of the previous setup's
         self._overlap_cache: dict = {}
@@ -317,6 +319,7 @@ class SPAIFactorPC:
                 obj.destroy()
         self.G = self.GT = self._work = None
         self._structure = None
+        self._kept = None
 
     def _check_global(self, P: PETSc.Mat) -> None:
         """Checks whose answer is the same on every rank (so raising is safe)."""
@@ -369,7 +372,7 @@ class SPAIFactorPC:
         ``block``; its ``owned`` rows stay in the order of the assembled factor's rows."""
         ordering = self._ordering()
         cache = self._ordering_cache
-        digest = structure_digest(block.csr.indptr, block.csr.indices)  # the one digest of a setup
+        digest = self._block_structure  # the one digest of the structure in a setup (see _fingerprint)
         same = cache.get("key") == (ordering, block_size) and cache["structure"] == digest
         if not same:
             cache.clear()
@@ -578,7 +581,6 @@ class SPAIFactorPC:
         t0 = time.perf_counter()
         _, P = pc.getOperators()
         self._check_global(P)
-        self.stats = {"block_size": P.getBlockSize()}
         comm = P.getComm()
         mpicomm = comm.tompi4py()
         self._reused = []
@@ -588,6 +590,13 @@ class SPAIFactorPC:
                 check_couplings(P, self.symmetry_tol, self.name, self.options_stem + "check_symmetry")
         with self._timed("local block"):
             blocks = [self._local_block(P)]  # collective with overlap
+            fingerprint = self._fingerprint(P, blocks[0])
+        if self._keeps_factor(comm, fingerprint):  # collective: the same values and options on every rank
+            self._reused = ["the factor itself (same operator values and options)"]
+            self.times["total"] = time.perf_counter() - t0
+            self.stats.update(times=self._max_times(mpicomm), reused=self._reused)
+            return
+        self.stats = {"block_size": P.getBlockSize()}
 
         def local_problem() -> _LocalProblem:
             self._prepare(P)
@@ -611,23 +620,60 @@ class SPAIFactorPC:
         mpicomm.Allreduce(local, totals, op=MPI.SUM)
         everyone_reused = mpicomm.allgather(self._reused)  # once: ranks may have reused different things
         self.times["total"] = time.perf_counter() - t0
-        # Ranks may have run different stages (a rank without rows skips inference).
-        seen = set().union(*mpicomm.allgather(list(self.times)))
-        names = [k for k in _STAGES if k in seen] + sorted(seen - set(_STAGES))
-        local_t = np.array([self.times.get(k, 0.0) for k in names])
-        tmax = np.empty_like(local_t)
-        mpicomm.Allreduce(local_t, tmax, op=MPI.MAX)
         self.stats.update(
             n=int(totals[0]),
             nnz_G=int(totals[1]),
             nnz_trilA=int(totals[2]),
             fill=float(totals[1] / max(totals[2], 1.0)),
             kaporin=float(-2.0 * totals[3] / max(totals[0], 1.0)),
-            times=dict(zip(names, tmax.tolist())),
+            times=self._max_times(mpicomm),
             # what every rank took over from the previous setup (same nonzero structure)
             reused=[r for r in self._reused if all(r in other for other in everyone_reused)],
             G_type=self.G.getType(),
         )
+        self._kept = fingerprint
+
+    def _max_times(self, mpicomm: MPI.Comm) -> dict[str, float]:
+        """This setup's stage times, the maximum over ranks (collective; ranks may have run different
+        stages: a rank without rows skips inference)."""
+        seen = set().union(*mpicomm.allgather(list(self.times)))
+        names = [k for k in _STAGES if k in seen] + sorted(seen - set(_STAGES))
+        local_t = np.array([self.times.get(k, 0.0) for k in names])
+        tmax = np.empty_like(local_t)
+        mpicomm.Allreduce(local_t, tmax, op=MPI.MAX)
+        return dict(zip(names, tmax.tolist()))
+
+    def _fingerprint(self, P: PETSc.Mat, block: _LocalBlock) -> tuple:
+        """What this rank's factor is a function of: the operator's sizes, type and block size, the rank's
+        block (its structure and values by digest; with overlap its halo rows' global indices too) and the
+        options in effect.  Keeps the structure's digest for the ordering's cache."""
+        csr = block.csr
+        self._block_structure = structure_digest(csr.indptr, csr.indices)
+        halo = len(block.owned) < csr.n
+        values = structure_digest(csr.data, block.global_index) if halo else structure_digest(csr.data)
+        return (P.getSizes(), P.getOwnershipRange(), P.getType(), P.getBlockSize(), self._settings(),
+                self._block_structure, values)
+
+    def _settings(self) -> tuple:
+        """The options in effect: every public attribute of a plain type (lists as tuples), but the results
+        a setup stores (:attr:`_results`).  Options read later, or set from Python, count all the same."""
+        plain = (bool, int, float, str, type(None), tuple)
+        items = ((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(vars(self).items())
+                 if not k.startswith("_") and k not in self._results)
+        return tuple((k, v) for k, v in items if isinstance(v, plain))
+
+    _results: tuple[str, ...] = ("G", "GT")  # public attributes a setup writes (not options)
+
+    def _keeps_factor(self, comm: PETSc.Comm, fingerprint: tuple) -> bool:
+        """Whether every rank's factor was built for exactly this operator and these options (a re-setup
+        with unchanged values: a reassembled Firedrake form, a KSP set up again), so G is kept as it is;
+        collective."""
+        same = self.G is not None and self._kept == fingerprint and self._may_keep_factor()
+        return bool(comm.tompi4py().allreduce(same, op=MPI.LAND))
+
+    def _may_keep_factor(self) -> bool:
+        """Subclass hook: False where the options ask for the factor to be built again anyway."""
+        return True
 
     def _assemble(self, P: PETSc.Mat, factor: CSR,
                   prebuilt: tuple[PETSc.Mat, PETSc.Mat] | None = None) -> None:
@@ -719,6 +765,7 @@ class GCVAEPC(SPAIFactorPC):
 
     options_stem = "pc_gcvae_"
     name = "GCVAE"
+    _results = ("G", "GT", "fallback_reason", "model")
 
     def __init__(self) -> None:
         super().__init__()
@@ -990,6 +1037,10 @@ class GCVAEPC(SPAIFactorPC):
                 self._model_for(P.getBlockSize()), self.seed, self.guard_steps, self._guard_ratio()[0],
                 tuple(self.guard_alphas), self.guard_predictor, self.guard_smooth, self._guard_start(),
                 self.guard_full_rows, self.guard_full_iterations)
+
+    def _may_keep_factor(self) -> bool:
+        """``-pc_gcvae_guard_recheck`` measures again on every re-setup, so nothing is kept."""
+        return not self.guard_recheck
 
     def _short_solve(self, fsai_trial: TrialResult) -> bool:
         """Whether FSAI's short run extrapolates to a solve of at most ``-pc_gcvae_guard_full_iterations``."""

@@ -13,6 +13,8 @@
 * the setup's stages (ordering, scaling, pattern, graph, inference, ...; seconds, max over ranks);
 * re-setup: the same KSP set up again after A's values change (scaled by 1.1, then back; the
   structure is the same, as in a Newton or time step): median of 4, its stages and what it reused;
+  and set up again after A is assembled again with the same values (a Firedrake form in a time loop):
+  median of 4 (``same_values_resetup_s``) and what it reused;
 * the setup's own memory: the rise of the resident set during ``KSPSetUp`` above its level just
   before (the kernel's peak counter reset there; the model loaded before), first and second
   setup, rank 0; and the process's peak after setup (run one size per process for a clean figure);
@@ -116,6 +118,16 @@ def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = N
         context = pc.getPythonContext() if pc.getType() == "python" else None
         resetup_stages = context.stats.get("times", {}) if context is not None else {}
         reused = context.stats.get("reused", []) if context is not None else []
+        same = []
+        for _ in range(4):  # assembled again with the same values (a Firedrake form in a time loop)
+            lo = P.getOwnershipRange()[0]
+            P.setValue(lo, lo, P.getValue(lo, lo))
+            P.assemble()
+            ksp.setOperators(P)
+            t0 = time.perf_counter()
+            ksp.setUp()
+            same.append(time.perf_counter() - t0)
+        same_reused = context.stats.get("reused", []) if context is not None else []
         x, y = P.createVecs()
         x.setRandom()
         t_apply = _median_time(lambda: pc.apply(x, y))  # noqa: B023
@@ -127,6 +139,7 @@ def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = N
                      "first_setup_rise_mb": round(rises[0], 1), "setup_rise_mb": round(rises[1], 1),
                      "apply_over_matmult": round(t_apply / t_mult, 3), "peak_rss_mb": round(peak, 1),
                      "resetup_s": round(resetup, 4), "resetup_over_setup": round(resetup / setup, 3),
+                     "same_values_resetup_s": round(float(np.median(same)), 5), "same_values_reused": same_reused,
                      "iterations": r.iterations, "stages_s": {k: round(v, 4) for k, v in stages.items()},
                      "resetup_stages_s": {k: round(v, 4) for k, v in resetup_stages.items()}, "reused": reused})
         ksp.destroy()

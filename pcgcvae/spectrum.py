@@ -32,7 +32,7 @@ def condition_estimate(ahat: CSR, s: CSR, g: np.ndarray, steps: int = LANCZOS_ST
     if n == 0:
         return 1.0
     a, gm = ahat.scipy(), s.scipy(np.asarray(g, dtype=np.float64))
-    gt = gm.T.tocsr()
+    gt = gm.T  # a CSC view of G's arrays: its products cost less than building Gᵀ in CSR
     v = np.random.default_rng(LANCZOS_SEED).standard_normal(n)
     v /= np.linalg.norm(v)
     v_prev = np.zeros(n)
@@ -49,7 +49,8 @@ def condition_estimate(ahat: CSR, s: CSR, g: np.ndarray, steps: int = LANCZOS_ST
         if not np.isfinite(beta) or beta <= 1e-12 * max(abs(alpha), 1e-300):
             break  # an invariant subspace: the Ritz values are eigenvalues
         betas.append(beta)
-        v_prev, v = v, w / beta
+        w /= beta
+        v_prev, v = v, w
     theta = sla.eigh_tridiagonal(np.array(alphas), np.array(betas[: len(alphas) - 1]), eigvals_only=True)
     lo, hi = float(theta[0]), float(theta[-1])
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= 0:

@@ -121,6 +121,90 @@ def test_resetup_with_new_values_reuses_and_says_so(capfd, level: int) -> None:
     assert "reused from the previous setup (same nonzero structure): ordering" in capfd.readouterr().out
 
 
+KEPT = "the factor itself (same operator values and options)"
+
+
+def _same_factor(ksp: PETSc.KSP, A: PETSc.Mat, pc_class: str, opts: dict) -> bool:
+    """Whether ``ksp``'s G equals the one a fresh preconditioner builds on ``A`` with ``opts``."""
+    fresh = python_ksp(A, pc_class, **opts)
+    fresh.setUp()
+    G, F = ksp.getPC().getPythonContext().G, fresh.getPC().getPythonContext().G
+    if G.getSize() != F.getSize():
+        return False
+    diff = G.copy()
+    diff.axpy(-1.0, F, structure=PETSc.Mat.Structure.DIFFERENT)
+    return diff.norm() <= 1e-12 * F.norm()
+
+
+@pytest.mark.parametrize("pc_class", ["FSAIPC", "GCVAEPC"])
+def test_resetup_with_the_same_values_keeps_the_factor(tiny_poisson, capfd, pc_class: str) -> None:
+    """A re-setup on an operator with the values of the last setup (a form assembled again, a copy of the
+    matrix) keeps G as it is and says so; a changed value, an option changed in the options database or
+    from Python, or -pc_gcvae_guard_recheck build it again, as a fresh preconditioner would."""
+    A = laplacian_2d(12, comm=PETSc.COMM_SELF, kappa_seed=3)
+    stem = "pc_gcvae_" if pc_class == "GCVAEPC" else "pc_fsai_"
+    opts = {"pc_gcvae_model": str(tiny_poisson)} if pc_class == "GCVAEPC" else {}
+    ksp = python_ksp(A, pc_class, **opts)
+    ksp.setUp()
+    ctx = ksp.getPC().getPythonContext()
+    G = ctx.G
+    values = G.getValuesCSR()[2].copy()
+    A.setValue(0, 0, A.getValue(0, 0))  # assembled again with the same values: PETSc sets the PC up again
+    A.assemble()
+    ksp.setOperators(A)
+    ksp.setUp()
+    assert ctx.stats["reused"] == [KEPT] and ctx.G is G and np.array_equal(G.getValuesCSR()[2], values)
+    ksp.view()
+    assert f"reused from the previous setup (same nonzero structure): {KEPT}" in capfd.readouterr().out
+    B = A.duplicate(copy=True)  # another matrix, the same values
+    ksp.setOperators(B)
+    ksp.setUp()
+    assert ctx.stats["reused"] == [KEPT] and ctx.G is G
+    v = B.getValue(5, 6)  # one symmetric pair changed
+    B.setValue(5, 6, 1.5 * v)
+    B.setValue(6, 5, 1.5 * v)
+    B.assemble()
+    ksp.setUp()
+    assert KEPT not in ctx.stats["reused"] and "G's structure" in ctx.stats["reused"]
+    assert not np.array_equal(ctx.G.getValuesCSR()[2], values) and _same_factor(ksp, B, pc_class, opts)
+    prefix = ksp.getOptionsPrefix()  # an option changed in the database, the same values
+    PETSc.Options()[prefix + stem + "pattern_level"] = 2
+    ksp.setFromOptions()
+    B.setValue(0, 0, B.getValue(0, 0))
+    B.assemble()
+    ksp.setUp()
+    assert KEPT not in ctx.stats["reused"] and ctx.pattern_level == 2
+    assert _same_factor(ksp, B, pc_class, {**opts, stem + "pattern_level": 2})
+    ctx.pattern_threshold = 0.3  # an option changed from Python
+    B.setValue(0, 0, B.getValue(0, 0))
+    B.assemble()
+    ksp.setUp()
+    assert KEPT not in ctx.stats["reused"]
+    assert _same_factor(ksp, B, pc_class, {**opts, stem + "pattern_level": 2, stem + "pattern_threshold": 0.3})
+    if pc_class == "GCVAEPC":  # the guard asked to measure every setup: nothing kept
+        ctx.guard_recheck = True
+        B.setValue(0, 0, B.getValue(0, 0))
+        B.assemble()
+        ksp.setUp()
+        assert KEPT not in ctx.stats["reused"]
+
+
+@pytest.mark.parametrize("pc_class", ["FSAIPC", "GCVAEPC"])
+def test_settings_are_the_options_alone(tiny_poisson, pc_class: str) -> None:
+    """What a kept factor is compared by holds the options only: a setup (with the guard, or falling back
+    to FSAI for a block size the model does not know) leaves it unchanged."""
+    for bs, extra in ((1, {}), (2, {"pc_gcvae_fallback": "fsai"})):
+        A = laplacian_2d(8, comm=PETSc.COMM_SELF, kappa_seed=2)
+        A.setBlockSize(bs)
+        opts = {"pc_gcvae_model": str(tiny_poisson), **extra} if pc_class == "GCVAEPC" else {}
+        ksp = python_ksp(A, pc_class, **opts)
+        ctx = ksp.getPC().getPythonContext()
+        before = ctx._settings()
+        ksp.setUp()
+        assert ctx._settings() == before
+        assert ("fallback_reason" in dict(before)) is False
+
+
 def test_matrix_family() -> None:
     assert matrix_family("seqaij") == "aij"
     assert matrix_family("mpiaij") == "aij"
@@ -217,7 +301,7 @@ def test_replaced_operator_inside_fieldsplit_rebuilds_only_what_changed(tiny_poi
     assert reused[0] == [set(), set()]
     assert "ordering" in reused[1][0] and "G's structure" in reused[1][0]  # new values: the structure is kept
     assert reused[2][0] == set(), reused  # another structure: rebuilt from scratch
-    assert "G's structure" in reused[2][1], reused  # the untouched block keeps its structure
+    assert reused[2][1] == {KEPT}, reused  # the untouched block (the same values again): its factor kept
 
 
 @pytest.mark.parametrize("level", [1, 2])

@@ -97,6 +97,8 @@ def test_pctargets_measures_setup_resetup_and_memory(tmp_path) -> None:
         assert r["setup_s"] > 0 and r["resetup_s"] > 0 and r["first_setup_rise_mb"] >= 0, r
         assert {"ordering", "pattern", "G's structure"} <= set(r["reused"]), r
         assert "inference" in r["stages_s"] or r["pc"] == "fsai", r
+        assert r["same_values_reused"] == ["the factor itself (same operator values and options)"], r
+        assert r["same_values_resetup_s"] > 0, r
     assert "FSAI plan" in rows["fsai"]["reused"] and "fsai" in rows["fsai"]["resetup_stages_s"]
     table = run([sys.executable, "-m", "pcgcvae.pctargets", "--table", str(out)], cwd=tmp_path)
     assert table.count("\n| ") == len(rows) and " dofs: gcvae / fsai setup " in table, table

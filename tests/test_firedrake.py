@@ -113,3 +113,36 @@ def test_guard_starts_from_firedrakes_near_nullspace() -> None:
     _, ksp = p.solve({**CG, **params})
     guard = ksp.getPC().getPythonContext().stats["guard"]
     assert guard["start"] == "random" and guard["ratio_threshold"] == meta["guard_ratio_by_start"]["random"]["1"]
+
+
+@pytest.mark.parametrize("pc", ["FSAIPC", "GCVAEPC"])
+def test_time_loop_keeps_the_factor_while_the_operator_is_the_same(tiny_poisson, pc: str) -> None:
+    """A LinearVariationalSolver in a loop assembles the operator again on every solve (constant_jacobian
+    left False), so PETSc sets the preconditioner up again: with the same values the factor is kept (and
+    the solves are the same); after the coefficient changes it is built again."""
+    import firedrake as fd
+
+    mesh = fd.UnitSquareMesh(16, 16)
+    V = fd.FunctionSpace(mesh, "CG", 1)
+    u, v = fd.TrialFunction(V), fd.TestFunction(V)
+    kappa = fd.Constant(1.0)
+    f = fd.Function(V)
+    uh = fd.Function(V)
+    problem = fd.LinearVariationalProblem(kappa * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx, f * v * fd.dx, uh,
+                                          bcs=fd.DirichletBC(V, 0, "on_boundary"))
+    params = {**CG, "pc_type": "python", "pc_python_type": f"pcgcvae.{pc}"}
+    if pc == "GCVAEPC":
+        params["pc_gcvae_model"] = str(tiny_poisson)
+    solver = fd.LinearVariationalSolver(problem, solver_parameters=params)
+    kept = "the factor itself (same operator values and options)"
+    seen = []
+    for step in range(4):
+        f.assign(step + 1.0)  # a new right-hand side every step
+        if step == 3:
+            kappa.assign(2.0)
+        solver.solve()
+        ksp = solver.snes.ksp
+        ctx = ksp.getPC().getPythonContext()
+        seen.append((ctx._setups, kept in ctx.stats["reused"], ksp.getIterationNumber()))
+    assert [s[:2] for s in seen] == [(1, False), (2, True), (3, True), (4, False)], seen
+    assert len({s[2] for s in seen[:3]}) == 1, seen

@@ -403,16 +403,17 @@ def test_the_kept_trial_is_the_installed_factor() -> None:
         assert _same_matrix(ctx.GT, ctx.G.transpose())
     ksp, ctx = _setup(A.copy(), **common, pc_gcvae_guard_ratio=1e9)
     P = ksp.getOperators()[0]
-    P.scale(2.0)
-    P.scale(0.5)  # "new" values (exactly the same): the decision is reused, the values overwritten in place
-    ksp.setUp()
-    assert ctx.stats["guard"]["reused"] and _same_matrix(ctx.G, model.G)
+    P.scale(4.0)  # new values, the same Â (a power of 2: exactly): the decision is reused, the values
+    ksp.setUp()  # overwritten in place, G = Ĝ D^-1/2 exactly half the first one
+    half_model = model.G.copy()
+    half_model.scale(0.5)
+    assert ctx.stats["guard"]["reused"] and _same_matrix(ctx.G, half_model)
+    assert "the factor itself (same operator values and options)" not in ctx.stats["reused"]
     opts, name = PETSc.Options(), ksp.getOptionsPrefix() + "pc_gcvae_guard_recheck"
     opts[name] = True
     try:
         ksp.getPC().setFromOptions()
-        P.scale(2.0)
-        P.scale(0.5)
+        P.scale(0.25)  # A's values again (exactly)
         ksp.setUp()
     finally:
         opts.delValue(name)

@@ -222,3 +222,47 @@ def test_nd_ordering_per_rank_is_one_global_order(comm, overlap: int) -> None:
     its = cg_iterations(A, {**parallel_options("fsai", comm.size), **opts})
     assert its < cg_iterations(A, {"pc_type": "jacobi"})
 
+
+
+@pytest.mark.parametrize("overlap", [0, 1])
+@pytest.mark.parametrize("pc_class", ["FSAIPC", "GCVAEPC"])
+def test_same_values_keep_the_factor_on_every_rank_or_none(comm, tiny_poisson, pc_class: str, overlap: int) -> None:
+    """Assembled again with the same values, every rank keeps its factor; one value changed on rank 0
+    alone, every rank builds again (the decision is collective), and G equals a fresh factor."""
+    kept = "the factor itself (same operator values and options)"
+    stem = "pc_gcvae_" if pc_class == "GCVAEPC" else "pc_fsai_"
+    opts = {stem + "overlap": overlap, **({"pc_gcvae_model": str(tiny_poisson)} if pc_class == "GCVAEPC" else {})}
+    A = laplacian_2d(12, kappa_seed=5)
+    pcs = []
+    for k in range(2):
+        prefix = f"sv{k}{overlap}{pc_class}_"
+        for name, value in opts.items():
+            PETSc.Options()[prefix + name] = value
+        pc = PETSc.PC().create(comm=A.getComm())
+        pc.setOptionsPrefix(prefix)
+        pc.setType("python")
+        pc.setPythonType(f"pcgcvae.{pc_class}")
+        pc.setFromOptions()
+        pcs.append(pc)
+    pc = pcs[0]
+    pc.setOperators(A)
+    pc.setUp()
+    ctx = pc.getPythonContext()
+    G = ctx.G
+    lo, _ = A.getOwnershipRange()
+    A.setValue(lo, lo, A.getValue(lo, lo))
+    A.assemble()
+    pc.setUp()
+    assert ctx.stats["reused"] == [kept] and ctx.G is G
+    if A.getComm().getRank() == 0:  # a symmetric pair inside rank 0's rows
+        v = A.getValue(lo, lo + 1)
+        A.setValue(lo, lo + 1, 2.0 * v)
+        A.setValue(lo + 1, lo, 2.0 * v)
+    A.assemble()
+    pc.setUp()
+    assert kept not in ctx.stats["reused"] and "G's structure" in ctx.stats["reused"]
+    pcs[1].setOperators(A)
+    pcs[1].setUp()
+    diff = ctx.G.copy()
+    diff.axpy(-1.0, pcs[1].getPythonContext().G)
+    assert diff.norm() < 1e-12 * ctx.G.norm()
