@@ -571,9 +571,10 @@ def test_export_round_trip(tmp_path) -> None:
         assert w.dtype == np.float32 and np.array_equal(w, state[k].numpy()), k
     # byte-for-byte reproducible, and the command line writes the same file
     first = out.read_bytes()
-    (tmp_path / "cli").mkdir()
-    export_main([str(ckpt), "--out", str(tmp_path / "cli")])
-    assert (tmp_path / "cli" / "m.npz").read_bytes() == first
+    export_main([str(ckpt), "--out", str(tmp_path / "cli" / "new")])  # --out is made when missing
+    assert (tmp_path / "cli" / "new" / "m.npz").read_bytes() == first
+    with pytest.raises(SystemExit):  # --out naming a file: a usage error, not a traceback
+        export_main([str(ckpt), "--out", str(out)])
     # the .npz and the .pt (converted in memory) load to the same model
     ahat, s, _ = random_problem(70, seed=2)
     arrays = build_arrays(ahat, s)

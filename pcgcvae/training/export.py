@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
                         f"model: {', '.join(SHIPPED_MODELS)})")
     parser.add_argument("--out", type=Path, help="directory to write the .npz files in (default: next to each .pt)")
     args = parser.parse_args(argv)
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            parser.error(f"--out {args.out} is not a directory")
+        args.out.mkdir(parents=True, exist_ok=True)
     for item in args.models or SHIPPED_MODELS:
         src = resolve_model(item, (".pt",))
         target = export(src, None if args.out is None else args.out / src.with_suffix(".npz").name)
