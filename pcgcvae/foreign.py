@@ -68,7 +68,9 @@ from .pc_options import PRECONDITIONERS
 from .stencils import coupled_entries, face_weights
 
 PCS = ["jacobi", "icc", "fsai", "fsai2", "gcvae", "gcvae2", "gcvae-noguard", "gcvae2-noguard", "gamg"]
-PC_OPTIONS: dict[str, dict[str, Any]] = {name: dict(PRECONDITIONERS[name]) for name in PCS}
+# not in the default run: the SPAI factors as GAMG's smoothers (``--pcs`` names them)
+SMOOTHER_PCS = ["gamg-fsai-smoother", "gamg-gcvae-smoother", "gamg-gcvae-smoother-noguard"]
+PC_OPTIONS: dict[str, dict[str, Any]] = {name: dict(PRECONDITIONERS[name]) for name in PCS + SMOOTHER_PCS}
 # each GCVAE row and the FSAI row on the same pattern
 SAME_PATTERN = {"gcvae": "fsai", "gcvae2": "fsai2", "gcvae-noguard": "fsai", "gcvae2-noguard": "fsai2"}
 FIELDS = ["problem", "kind", "description", "dofs", "nnz", "block_size", "pc", "iterations", "converged",
@@ -963,7 +965,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--suite", default="foreign", choices=["foreign"], help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a few problems of each kind")
     ap.add_argument("--problems", nargs="+", default=None, help="only these problems (names as in foreign.md)")
-    ap.add_argument("--pcs", nargs="+", default=PCS, choices=PCS)
+    ap.add_argument("--pcs", nargs="+", default=PCS, choices=PCS + SMOOTHER_PCS,
+                    help=f"default: {' '.join(PCS)} (the smoother rows {', '.join(SMOOTHER_PCS)} only when named)")
     ap.add_argument("--no-c-runs", action="store_true",
                     help="skip running the C tutorials once per preconditioner (their matrices are still solved)")
     ap.add_argument("--models", nargs="+", default=None, metavar="PATH",

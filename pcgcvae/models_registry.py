@@ -24,7 +24,8 @@ def default_model_name(block_size: int, role: str = "krylov") -> str:
     ``krylov`` (the preconditioner of CG): ``poisson`` (fine-tuned on the condition number) for scalar
     operators, ``elasticity`` for vector ones.  ``smoother`` (inside multigrid): ``poisson-smoother``
     (trained on the Kaporin number alone, which keeps diag(GAGᵀ) = 1 like FSAI and damps the
-    high-frequency end better) for scalar operators, ``elasticity`` (Kaporin-trained) for vector ones.
+    high-frequency end better) for scalar operators, ``elasticity`` (the CG-tuned model: no vector model is
+    trained for smoothing) for vector ones.
     """
     if role not in ROLES:
         raise ValueError(f"unknown model role '{role}' ({', '.join(ROLES)})")

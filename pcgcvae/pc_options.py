@@ -35,3 +35,6 @@ PRECONDITIONERS: dict[str, dict[str, object]] = {
                             "mg_levels_pc_python_type": "pcgcvae.GCVAEPC", "mg_levels_pc_gcvae_fallback": "fsai",
                             "mg_levels_pc_gcvae_role": "smoother"},
 }
+# the same smoothers with the guard off on every level
+PRECONDITIONERS["gamg-gcvae-smoother-noguard"] = {**PRECONDITIONERS["gamg-gcvae-smoother"],
+                                                "mg_levels_pc_gcvae_guard_threshold": -1}

@@ -298,3 +298,20 @@ def test_candidate_models_replace_the_shipped_ones_by_block_size() -> None:
         assert pc_options_for(pc, 1, None) == PC_OPTIONS[pc]
     assert pc_options_for("gcvae", 6, models) == PC_OPTIONS["gcvae"]
     assert pc_options_for("fsai", 1, models) == PC_OPTIONS["fsai"]
+
+
+def test_suite_runs_the_smoother_rows_when_named(tmp_path) -> None:
+    """``--pcs`` takes the SPAI factors as GAMG smoothers too (not in the default run): they run and converge."""
+    from pcgcvae.foreign import PCS, SMOOTHER_PCS, all_cases
+
+    assert not set(SMOOTHER_PCS) & set(PCS)
+    names = [c.name for c in all_cases() if c.quick and c.kind == "firedrake"][:2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "pcgcvae.bench", "--suite", "foreign", "--quick", "--no-c-runs",
+                           "--problems", *names, "--pcs", *SMOOTHER_PCS, "--out", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    with open(tmp_path / "foreign.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["problem"], r["pc"]) for r in rows] == [(n, pc) for n in names for pc in SMOOTHER_PCS]
+    assert all(r["converged"] == "True" and int(r["iterations"]) > 0 for r in rows), rows
