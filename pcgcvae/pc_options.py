@@ -26,14 +26,16 @@ PRECONDITIONERS: dict[str, dict[str, object]] = {
     "fsai-ov1": {"pc_type": "python", "pc_python_type": "pcgcvae.FSAIPC", "pc_fsai_overlap": 1},
     "gcvae-ov1": {"pc_type": "python", "pc_python_type": "pcgcvae.GCVAEPC", "pc_gcvae_overlap": 1},
     "gamg": {"pc_type": "gamg"},
-    # the SPAI factors as smoothers inside GAMG (Chebyshev on every level)
-    "gamg-fsai-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
-                           "mg_levels_pc_python_type": "pcgcvae.FSAIPC"},
+    # the SPAI factors as smoothers inside GAMG (Chebyshev on every level, its interval from a CG estimate of the
+    # smoothed operator's largest eigenvalue: GMRES's, the default, can fall short on large coefficient jumps and
+    # then the multigrid preconditioner is indefinite -- README, "As a smoother inside GAMG")
+    "gamg-fsai-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_esteig_ksp_type": "cg",
+                           "mg_levels_pc_type": "python", "mg_levels_pc_python_type": "pcgcvae.FSAIPC"},
     # 3D elasticity's coarse GAMG levels have block size 6, which no model knows: FSAI there (said in -ksp_view)
     # role smoother: the Kaporin-trained model for scalar operators (see checkpoint.default_model_name)
-    "gamg-gcvae-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "python",
-                            "mg_levels_pc_python_type": "pcgcvae.GCVAEPC", "mg_levels_pc_gcvae_fallback": "fsai",
-                            "mg_levels_pc_gcvae_role": "smoother"},
+    "gamg-gcvae-smoother": {"pc_type": "gamg", "mg_levels_ksp_type": "chebyshev", "mg_levels_esteig_ksp_type": "cg",
+                            "mg_levels_pc_type": "python", "mg_levels_pc_python_type": "pcgcvae.GCVAEPC",
+                            "mg_levels_pc_gcvae_fallback": "fsai", "mg_levels_pc_gcvae_role": "smoother"},
 }
 # the same smoothers with the guard off on every level
 PRECONDITIONERS["gamg-gcvae-smoother-noguard"] = {**PRECONDITIONERS["gamg-gcvae-smoother"],
