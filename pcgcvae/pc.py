@@ -61,6 +61,7 @@ from .spectrum import LANCZOS_STEPS, spectral_feature
 from .symmetry import check_couplings, check_local
 from .trial import (
     FULL_RTOL,
+    MODES_IN_WORDS,
     PREDICTORS,
     STARTS,
     TrialResult,
@@ -1214,9 +1215,9 @@ class GCVAEPC(SPAIFactorPC):
                      + f", kept when fewer than FSAI's (alpha 0) and the ratio <= {guard['ratio_threshold']:g} "
                        f"({guard['ratio_source']})")
         elif guard["trials"]:
-            start = {"near-nullspace": "x* from the operator's near-nullspace vectors",
-                     "translations": "x* from the operator's translations"}.get(
-                guard.get("start", "random"), f"x* random, smoothed by {guard.get('smooth', 0)} Jacobi sweeps")
+            kind = guard.get("start", "random")
+            start = (f"x* from the operator's {MODES_IN_WORDS[kind]}" if kind in MODES_IN_WORDS
+                     else f"x* random, smoothed by {guard.get('smooth', 0)} Jacobi sweeps")
             if guard.get("start") == "random" and self._guard_start() != "random":
                 start += f" (asked for the {self._guard_start()}: the operator has none of positive energy)"
             line += (f"; {guard['steps']} CG steps per candidate ({start}), predicted iterations / FSAI's "

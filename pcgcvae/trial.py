@@ -114,6 +114,8 @@ def exact_solution(P: PETSc.Mat, seed: int, sweeps: int = 0) -> PETSc.Vec:
 # -pc_gcvae_guard_start: the short runs' exact solution x* (:func:`exact_solution`, :func:`modes_solution`); a run
 # asked to start from the near-nullspace or the translations starts from the random x* where they have no energy
 STARTS = ("random", "near-nullspace", "translations")
+# what x* is made of, in words, for the starts other than the random one (views and the calibration's summary)
+MODES_IN_WORDS = {"near-nullspace": "near-nullspace vectors", "translations": "translations"}
 
 
 def modes_solution(P: PETSc.Mat, seed: int, start: str) -> PETSc.Vec | None:

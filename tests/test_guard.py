@@ -675,3 +675,21 @@ def test_guard_start_option_view_and_errors(tiny_poisson, capfd) -> None:
     with pytest.raises(PETSc.Error) as info:
         _setup(A, **common, pc_gcvae_guard_start="smooth")
     assert "guard_start" in str(info.value) or "guard_start" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("start, words", [("random", "x* smoothed by 20 Jacobi sweeps"),
+                                          ("near-nullspace", "the problems' near-nullspace vectors (random without"),
+                                          ("translations", "the problems' translations")])
+def test_calibration_summary_names_the_start(start: str, words: str) -> None:
+    """The calibration's summary says which x* the short runs started from, and the option that asks for it."""
+    from pcgcvae.training.calibrate import summary
+
+    cell = {"fsai": 50, "gcvae": 48, "ratio": 0.96, "gap": 0.01, "pred": 0.97,
+            "preds": {"random": 0.97, "near-nullspace": 0.96}}
+    result = {"rows": [{"seed": 70000, "n": 100, "mesh": "square", "degree": 1, "dim": 2, "L1": cell}],
+              "thresholds": {"1": 0.0125}, "rule": "r", "seeds": [70000], "ratios": {"1": 1.0}, "ratio_rule": "q",
+              "steps": 20, "smooth": 20, "start": start, "ratios_by_start": {"random": {"1": 1.0}}}
+    text = summary(result)
+    assert f"CG steps per factor from {words}" in text and f"`-pc_gcvae_guard_start {start}`" in text, text
+    assert "Ratio thresholds from the random start: level 1: 1.0000; the model's wins the short runs keep at " \
+           "them: level 1: 1 / 1 (>= 3 %: 1 / 1)" in text, text

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..guard import DEFAULT_SMOOTH, DEFAULT_START, DEFAULT_STEPS
-from ..trial import STARTS
+from ..trial import MODES_IN_WORDS, STARTS
 
 MARGIN = 1.25
 SEED_BASE = 70_000  # calibration problem seeds: SEED_BASE + k (checked against the training seeds)
@@ -244,12 +244,12 @@ def summary(result: dict) -> str:
                  f"and {result.get('heldout_sizes')}"
                  + (f"; drawn like {', '.join(result['generators'])} in turn" if result.get("generators") else "")
                  + ")")
+    asked = result.get("start", "random")
+    source = (f"the problems' {MODES_IN_WORDS[asked]}" + (" (random without them)" if asked == "near-nullspace" else "")
+              if asked in MODES_IN_WORDS else f"x* smoothed by {result.get('smooth', 0)} Jacobi sweeps")
     lines.append("Ratio thresholds: " + ", ".join(f"level {k}: {v:.4f}" for k, v in result["ratios"].items())
-                 + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor from "
-                 + {"near-nullspace": "the problems' near-nullspace vectors (random without them)",
-                    "translations": "the problems' translations"}.get(
-                     result.get("start", "random"), f"x* smoothed by {result.get('smooth', 0)} Jacobi sweeps")
-                 + f", `-pc_gcvae_guard_start {result.get('start', 'random')}`)")
+                 + f" ({result['ratio_rule']}; {result['steps']} CG steps per factor from " + source
+                 + f", `-pc_gcvae_guard_start {asked}`)")
     for kind, per_level in result.get("ratios_by_start", {}).items():
         lines.append(f"Ratio thresholds from the {kind} start: "
                      + ", ".join(f"level {k}: {v:.4f}" for k, v in per_level.items())
