@@ -46,6 +46,19 @@ FIELDS = ["family", "dofs", "ranks", "pc", "iterations", "converged", "setup_s",
 GUARD_FIELDS = FIELDS[-6:]
 
 
+def benchmark_spec(name: str, size: int):  # noqa: ANN201
+    """The :class:`pcgcvae.problems.ProblemSpec` of benchmark family ``name`` (a key of :data:`FAMILIES`) at
+    ``size`` cells per side: log-normal κ (Poisson) or Young's modulus (elasticity, ν = 0.35), seed 5."""
+    from .problems import ProblemSpec
+
+    if name not in FAMILIES:
+        raise ValueError(f"unknown benchmark family '{name}' (choose from {', '.join(FAMILIES)})")
+    family, dim, degree = FAMILIES[name][:3]
+    params = ({"kappa": "lognormal", "sigma": 1.5, "corr": 0.1} if family == "poisson"
+              else {"E_sigma": 1.0, "corr": 0.3, "nu": 0.35})
+    return ProblemSpec(family, size, degree=degree, dim=dim, mesh="square", seed=5, params=params)
+
+
 def assemble_case(problem):  # noqa: ANN001, ANN201
     """The operator (with the near-nullspace, if any) and a fixed random right-hand side."""
     P = problem.assemble_matrix()
@@ -146,22 +159,19 @@ def worker(args: argparse.Namespace) -> tuple[list[dict], float]:
     from mpi4py import MPI
     from tqdm import tqdm
 
-    from .problems import ProblemSpec, build_problem
+    from .problems import build_problem
 
     comm = fd.COMM_WORLD
     load_s = comm.allreduce(load_models(args.families, args.pcs), op=MPI.MAX)
     rows = []
     cases = []
     for fam in args.families:
-        family, dim, degree, quick, default, large = FAMILIES[fam]
+        quick, default, large = FAMILIES[fam][3:]
         sizes = quick if args.quick else large if args.large_only else default + (large if args.large else [])
-        cases += [(fam, family, dim, degree, s) for s in sizes]
+        cases += [(fam, s) for s in sizes]
     bar = tqdm(total=len(cases) * len(args.pcs), desc=f"bench ({comm.size} rank(s))", disable=comm.rank != 0)
-    for fam, family, dim, degree, size in cases:
-        params = ({"kappa": "lognormal", "sigma": 1.5, "corr": 0.1} if family == "poisson"
-                  else {"E_sigma": 1.0, "corr": 0.3, "nu": 0.35})
-        spec = ProblemSpec(family, size, degree=degree, dim=dim, mesh="square", seed=5, params=params)
-        problem = build_problem(spec)
+    for fam, size in cases:
+        problem = build_problem(benchmark_spec(fam, size))
         P, b = assemble_case(problem)  # once per problem, shared by every preconditioner
         for pc in args.pcs:
             bar.set_postfix_str(f"{fam} n={problem.V.dim()} {pc}")

@@ -1,6 +1,7 @@
 """Measure the preconditioner's engineering targets (figures, not tests).
 
     python -m pcgcvae.pctargets --sizes 100 316 1000 --out results/pctargets.json
+    python -m pcgcvae.pctargets --family elasticity-3d --sizes 14 31 --pcs fsai gcvae-noguard
     mpiexec -n 2 python -m pcgcvae.pctargets --overlap-only --sizes 128
     python -m pcgcvae.pctargets --startup --repeats 7      # fresh processes: Python and C (ex2)
     python -m pcgcvae.pctargets --inference --sizes 316     # NumPy vs torch forward pass, one core
@@ -29,7 +30,10 @@
   order) of the shipped Poisson model, NumPy against torch in one process on one core
   (medians of 5).
 
-Poisson P1 with log-normal κ on the unit square, assembled by Firedrake.
+The problems are the benchmark's (``pcgcvae.bench``), assembled by Firedrake: ``--family poisson-p1`` (the
+default: P1, log-normal κ on the unit square; ``--sizes`` cells per side), ``poisson-p2``, ``elasticity-2d``
+or ``elasticity-3d`` (with the rigid-body near-nullspace set on the operator).  ``--startup``,
+``--inference`` and ``--widths`` use Poisson P1 whatever ``--family``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import FAMILIES
 from .procmem import peak_mb, reset_peak, rss_mb
 
 
@@ -55,18 +60,18 @@ def _median_time(fn, reps: int = 50, blocks: int = 5) -> float:  # noqa: ANN001
     return float(np.median(out))
 
 
-def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = None) -> list[dict]:
+def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = None,
+            family: str = "poisson-p1") -> list[dict]:
     import firedrake as fd
     from petsc4py import PETSc
 
+    from .bench import assemble_case, benchmark_spec
     from .evaluate import parallel_options, solve
     from .inference import load_inference_model
     from .models_registry import default_model_name
-    from .problems import ProblemSpec, build_problem
+    from .problems import build_problem
 
-    spec = ProblemSpec("poisson", size, degree=1, mesh="square", seed=5,
-                       params={"kappa": "lognormal", "sigma": 1.5, "corr": 0.1})
-    P = build_problem(spec).assemble_matrix()
+    P, _ = assemble_case(build_problem(benchmark_spec(family, size)))
     comm = P.getComm()
     nnz = int(P.getInfo(PETSc.Mat.InfoType.GLOBAL_SUM)["nz_used"])
     rows = []
@@ -77,14 +82,14 @@ def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = N
         if overlap_only:
             stem = "pc_gcvae_" if name.startswith("gcvae") else "pc_fsai_"
             r = solve(P, {**opts, stem + "overlap": 1})
-            rows.append({"size": size, "dofs": P.getSize()[0], "ranks": comm.getSize(), "pc": name,
-                         "overlap": 1, "iterations": r.iterations})
+            rows.append({"family": family, "size": size, "dofs": P.getSize()[0], "ranks": comm.getSize(),
+                         "pc": name, "overlap": 1, "iterations": r.iterations})
             continue
         prefix = f"pct_{name}_"
         for k, v in opts.items():
             PETSc.Options()[prefix + k] = v
         if name.startswith("gcvae"):  # the model's one-time load is not part of a setup's cost
-            load_inference_model(model or default_model_name(1, "krylov"))
+            load_inference_model(model or default_model_name(P.getBlockSize(), "krylov"))
         setups, rises = [], []
         rss0 = peak = peak_mb()
         ksp = None
@@ -133,7 +138,8 @@ def measure(size: int, pcs: list[str], overlap_only: bool, model: str | None = N
         t_apply = _median_time(lambda: pc.apply(x, y))  # noqa: B023
         t_mult = _median_time(lambda: P.mult(x, y))  # noqa: B023
         r = solve(P, opts)
-        rows.append({"size": size, "dofs": P.getSize()[0], "nnz_A": nnz, "ranks": comm.getSize(), "pc": name,
+        rows.append({"family": family, "size": size, "dofs": P.getSize()[0], "nnz_A": nnz, "ranks": comm.getSize(),
+                     "pc": name,
                      "first_setup_s": round(setups[0], 4), "setup_s": round(setup, 4),
                      "setup_us_per_nnz": round(1e6 * setup / nnz, 4), "peak_rss_before_mb": round(rss0, 1),
                      "first_setup_rise_mb": round(rises[0], 1), "setup_rise_mb": round(rises[1], 1),
@@ -327,35 +333,43 @@ STAGE_COLUMNS = ("local block", "ordering", "scale", "symmetry check", "pattern"
                  "inference", "selection", "guard", "fsai", "assembly")
 
 
+def _family(row: dict) -> str:
+    return row.get("family", "poisson-p1")  # (rows written before --family: Poisson P1)
+
+
 def profile_table(rows: list[dict]) -> str:
     """A markdown table of :func:`measure`'s rows: each setup's stages, total and per nonzero, the re-setup
     with new values (its ratio to the setup and its largest stages), the first setup's memory rise and the
     CG iterations; then the GCVAE / FSAI setup ratio per size and level (no guard: ``gcvae-noguard``)."""
-    head = ["dofs", "pc", *STAGE_COLUMNS, "setup s", "µs/nnz", "re-setup s", "re-setup / setup",
+    head = ["problem", "dofs", "pc", *STAGE_COLUMNS, "setup s", "µs/nnz", "re-setup s", "re-setup / setup",
             "first-setup rise MB", "iterations"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         st = r.get("stages_s", {})
         nan = float("nan")
-        cells = [str(r["dofs"]), r["pc"], *[f"{st[k]:.4f}" if k in st else "–" for k in STAGE_COLUMNS],
+        cells = [_family(r), str(r["dofs"]), r["pc"], *[f"{st[k]:.4f}" if k in st else "–" for k in STAGE_COLUMNS],
                  f"{r['setup_s']:.4f}", f"{r['setup_us_per_nnz']:.3f}", f"{r.get('resetup_s', nan):.4f}",
                  f"{r.get('resetup_over_setup', nan):.3f}", f"{r.get('first_setup_rise_mb', nan):.1f}",
                  str(r["iterations"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    by = {(r["dofs"], r["pc"]): r for r in rows}
-    for dofs in sorted({r["dofs"] for r in rows}):
-        for fsai, gcvae in (("fsai", "gcvae-noguard"), ("fsai", "gcvae"), ("fsai2", "gcvae2")):
-            if (dofs, fsai) in by and (dofs, gcvae) in by:
-                f, g = by[dofs, fsai], by[dofs, gcvae]
-                lines.append(f"- {dofs} dofs: {gcvae} / {fsai} setup {g['setup_s'] / f['setup_s']:.2f}, re-setup "
-                             f"{g['resetup_s'] / f['resetup_s']:.2f}; iterations {g['iterations']} / {f['iterations']}")
+    by = {(_family(r), r["dofs"], r["pc"]): r for r in rows}
+    for family, dofs in sorted({(_family(r), r["dofs"]) for r in rows}):
+        for fsai, gcvae in (("fsai", "gcvae-noguard"), ("fsai", "gcvae"), ("fsai2", "gcvae2"),
+                            ("fsai2", "gcvae2-noguard")):
+            if (family, dofs, fsai) in by and (family, dofs, gcvae) in by:
+                f, g = by[family, dofs, fsai], by[family, dofs, gcvae]
+                lines.append(f"- {family}, {dofs} dofs: {gcvae} / {fsai} setup {g['setup_s'] / f['setup_s']:.2f}, "
+                             f"re-setup {g['resetup_s'] / f['resetup_s']:.2f}; "
+                             f"iterations {g['iterations']} / {f['iterations']}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pcgcvae.pctargets", description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 316])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 316], help="cells per side")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="poisson-p1",
+                    help="the benchmark's problem family (pcgcvae.bench) whose setups are measured")
     ap.add_argument("--pcs", nargs="+", default=["gcvae", "fsai"])
     ap.add_argument("--overlap-only", action="store_true")
     ap.add_argument("--startup", action="store_true", help="fresh-process start-up of each PC (Python and C)")
@@ -379,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.widths:
         rows = [r for s in args.sizes for r in inference_widths(s)]
     else:
-        rows = [r for s in args.sizes for r in measure(s, args.pcs, args.overlap_only, args.model)]
+        rows = [r for s in args.sizes for r in measure(s, args.pcs, args.overlap_only, args.model, args.family)]
     if args.out is not None:
         from mpi4py import MPI
 

@@ -101,7 +101,29 @@ def test_pctargets_measures_setup_resetup_and_memory(tmp_path) -> None:
         assert r["same_values_resetup_s"] > 0, r
     assert "FSAI plan" in rows["fsai"]["reused"] and "fsai" in rows["fsai"]["resetup_stages_s"]
     table = run([sys.executable, "-m", "pcgcvae.pctargets", "--table", str(out)], cwd=tmp_path)
-    assert table.count("\n| ") == len(rows) and " dofs: gcvae / fsai setup " in table, table
+    assert table.count("\n| ") == len(rows), table
+    assert "- poisson-p1, " in table and " dofs: gcvae / fsai setup " in table, table
+
+
+def test_pctargets_measures_another_benchmark_family(tmp_path) -> None:
+    """`pctargets --family elasticity-3d`: the benchmark's 3D elasticity problem (block size 3, the vector model),
+    each row naming its family, and the table's ratio lines per family; an unknown family is refused."""
+    import json
+
+    out = tmp_path / "targets.json"
+    run([sys.executable, "-m", "pcgcvae.pctargets", "--family", "elasticity-3d", "--sizes", "3", "--pcs", "fsai",
+         "gcvae-noguard", "--out", str(out)], cwd=tmp_path)
+    rows = {r["pc"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"fsai", "gcvae-noguard"}
+    for r in rows.values():
+        assert r["family"] == "elasticity-3d" and r["dofs"] == 3 * 4**3 and r["iterations"] > 0, r
+    assert "inference" in rows["gcvae-noguard"]["stages_s"] and "inference" not in rows["fsai"]["stages_s"]
+    table = run([sys.executable, "-m", "pcgcvae.pctargets", "--table", str(out)], cwd=tmp_path)
+    assert "| elasticity-3d | 192 | gcvae-noguard |" in table and "- elasticity-3d, 192 dofs: gcvae-noguard / fsai" \
+        in table, table
+    bad = subprocess.run([sys.executable, "-m", "pcgcvae.pctargets", "--family", "stokes", "--out", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'stokes'" in bad.stderr, bad.stderr
 
 
 def test_pctargets_widths_times_smaller_networks(tmp_path) -> None:
