@@ -3,6 +3,8 @@ the factor mapped back exactly, and fewer iterations with nested dissection."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from helpers import apply_python_pc, cg_iterations, dense, error_text, laplacian_2d
@@ -10,7 +12,7 @@ from petsc4py import PETSc
 
 from pcgcvae.csr import CSR
 from pcgcvae.evaluate import parallel_options, solve
-from pcgcvae.ordering import ORDERINGS, inverse, local_permutation, permute
+from pcgcvae.ordering import ORDERINGS, inverse, local_permutation, node_graph, permute
 from pcgcvae.petsc_csr import csr_to_mat, mat_to_csr
 
 
@@ -35,6 +37,32 @@ def test_local_permutation_keeps_node_blocks(ordering: str, bs: int) -> None:
     nodes = perm.reshape(-1, bs)
     assert np.all(nodes % bs == np.arange(bs)) and np.all(nodes // bs == nodes[:, :1] // bs)
     assert local_permutation(a, "natural", bs) is None
+
+
+def test_node_graph_is_the_union_of_each_nodes_rows() -> None:
+    """Node (i, j) is in the graph iff some row of node i has an entry in a column of node j -- also when the
+    rows of one node have different patterns (one row lacks an entry its node's other rows have), with
+    empty nodes and unsorted columns; block size 1 gives the matrix itself."""
+    rng = np.random.default_rng(3)
+    bs, nodes = 3, 11
+    full = (rng.random((bs * nodes, bs * nodes)) < 0.08) * rng.random((bs * nodes, bs * nodes))
+    full[bs * 4:bs * 5] = 0.0  # node 4 has no entries
+    full[0, :] = 0.0
+    full[0, bs * 7] = 1.0  # node 0's first row: only node 7; its other rows: their own columns
+    rows, cols = np.nonzero(full)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=bs * nodes))])
+    shuffled = np.concatenate([rng.permutation(cols[a:b]) for a, b in itertools.pairwise(indptr)])
+    a = CSR(indptr, shuffled, np.ones(len(cols)))
+    before = [x.copy() for x in (a.indptr, a.indices, a.data)]
+    g = node_graph(a, bs)
+    assert all(np.array_equal(x, y) for x, y in zip(before, (a.indptr, a.indices, a.data), strict=True))  # a kept
+    expected = np.zeros((nodes, nodes), dtype=bool)
+    expected[rows // bs, cols // bs] = True
+    got = np.zeros((nodes, nodes), dtype=bool)
+    got[np.repeat(np.arange(nodes), np.diff(g.indptr)), g.indices] = True
+    assert g.n == nodes and g.nnz == expected.sum() and np.array_equal(got, expected)
+    assert all(np.all(np.diff(g.indices[x:y]) > 0) for x, y in itertools.pairwise(g.indptr))
+    assert node_graph(a, 1) is a
 
 
 def test_permute_is_symmetric_indexing() -> None:
