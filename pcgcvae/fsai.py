@@ -22,14 +22,17 @@ from .errors import OperatorError
 
 _CHUNK_ENTRIES = 4_000_000  # rows * k * k per batched solve (about 32 MB)
 PLAN_BUDGET = 4  # an FSAIPlan keeps the positions of A[J, J] when they number at most this many per nonzero of A
+# ... and, once a setup with new values on the same structure asks for them (keep_positions), up to this many: 3D
+# P1 elasticity in nested-dissection order has about 6.9 per nonzero (16 bytes per nonzero of A at 4, 32 at 8)
+RESETUP_PLAN_BUDGET = 8
 
 
 class FSAIPlan:
     """The structure-only part of :func:`fsai_values` for one (A, S, rows): the batches (a pattern
-    length k and its rows) and -- when they fit ``PLAN_BUDGET`` -- the positions in A of the entries
+    length k and its rows) and -- when they fit ``budget`` -- the positions in A of the entries
     below the diagonal of every row's A[J, J] (int32 while A's nnz fits; nnz(A) where none is stored)."""
 
-    def __init__(self, a: CSR, s: CSR, rows: np.ndarray | None = None) -> None:
+    def __init__(self, a: CSR, s: CSR, rows: np.ndarray | None = None, budget: float = PLAN_BUDGET) -> None:
         lengths = np.diff(s.indptr)
         todo = np.arange(s.n) if rows is None else np.asarray(rows, dtype=np.int64)
         self.batches: list[tuple[int, np.ndarray]] = []  # (k, rows)
@@ -39,19 +42,27 @@ class FSAIPlan:
             chunk = max(1, _CHUNK_ENTRIES // (k * k))
             for start in range(0, len(group), chunk):
                 self.batches.append((k, group[start:start + chunk].astype(s.indptr.dtype)))
-        pairs = sum(len(r) * k * (k - 1) // 2 for k, r in self.batches)
+        self.pairs = sum(len(r) * k * (k - 1) // 2 for k, r in self.batches)
         self.a_positions: list[np.ndarray] | None = None
         self.missing: list[bool] = []  # per batch: whether some pair is not stored in A
-        if pairs <= PLAN_BUDGET * max(a.nnz, 1):
+        self.keep_positions(a, s, budget)
+
+    def keep_positions(self, a: CSR, s: CSR, budget: float = RESETUP_PLAN_BUDGET) -> bool:
+        """Find and keep the positions of every batch's pairs in A (the structure this plan was made for) if
+        they number at most ``budget`` per nonzero of A and are not kept yet; whether they are kept now.
+        Finding them costs about what one setup's lookups of A[J, J] do; later setups then gather."""
+        if self.a_positions is None and self.pairs <= budget * max(a.nnz, 1):
             marks = a.scipy(np.arange(1, a.nnz + 1, dtype=np.int32 if a.nnz < 2**31 - 1 else np.int64))
-            self.a_positions, self.missing = [], []
+            positions, missing = [], []
             for k, rows_k in self.batches:
                 below, above = np.tril_indices(k, -1)
                 cols = s.indices[_positions(s, rows_k, k)]
                 found = _sample(marks, cols[:, below], cols[:, above]) - 1
                 found[found < 0] = a.nnz  # not stored in A
-                self.a_positions.append(found.astype(marks.dtype, copy=False))
-                self.missing.append(bool(np.any(found == a.nnz)))
+                positions.append(found.astype(marks.dtype, copy=False))
+                missing.append(bool(np.any(found == a.nnz)))
+            self.a_positions, self.missing = positions, missing
+        return self.a_positions is not None
 
 
     def lower_values(self, a: CSR, batch: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from petsc4py import PETSc
 from .csr import CSR, check_operator, normalise_rows, scale_symmetric, structure_digest
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import GraphTopology, build_arrays, graph_topology
-from .fsai import FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
+from .fsai import PLAN_BUDGET, FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
 from .guard import (
     DEFAULT_FRACTION,
     DEFAULT_FULL_ITERATIONS,
@@ -478,6 +478,9 @@ class SPAIFactorPC:
             cache.update(fsai_plan=FSAIPlan(ahat, s, block.owned), fsai_plan_rows=key, fsai_plan_setup=self._setups)
         elif cache["fsai_plan_setup"] != self._setups and "FSAI plan" not in self._reused:
             self._reused.append("FSAI plan")
+            # values change on this structure (Newton, time steps): from now on gather A[J, J] through kept
+            # positions where a first setup's budget left them out (3D elasticity; RESETUP_PLAN_BUDGET)
+            cache["fsai_plan"].keep_positions(ahat, s)
         return cache["fsai_plan"]
 
     def _fsai(self, ahat: CSR, s: CSR, block: _LocalBlock) -> np.ndarray:
@@ -489,11 +492,13 @@ class SPAIFactorPC:
         """Values ``g`` on S with every row scaled to (G Â Gᵀ)_ii = 1: through the positions of each row's
         Â[J, J] in the structure's FSAI plan when one is kept (the guard or an FSAI fallback built it) or the
         structure is seen again (a re-setup: the plan is built once and kept, like the factor's layout) and
-        the block has no halo rows, else by scipy's sparse products (at 10^5 dofs, P1: 0.021 s; through a kept
-        plan 0.010 s, building one 0.009 s; at 10^6 building one cost 0.70 s against the products' 0.41 s)."""
+        the block has no halo rows and its pairs fit a first setup's budget, else by scipy's sparse products (at
+        10^5 dofs, P1: 0.021 s; through a kept plan 0.010 s, building one 0.009 s; at 10^6 building one cost 0.70 s
+        against the products' 0.41 s; 3D elasticity at 10^5, 6.9 pairs per nonzero: the plan 0.35 s, the
+        products 0.26 s)."""
         if len(block.owned) == s.n:
             plan = self._fsai_plan(ahat, s, block, build="pattern" in self._reused)
-            if plan is not None and plan.a_positions is not None:
+            if plan is not None and plan.a_positions is not None and plan.pairs <= PLAN_BUDGET * max(ahat.nnz, 1):
                 return normalised_on_plan(ahat, s, g, plan)
         return normalise_rows(s.with_data(g), ahat)
 

@@ -124,6 +124,33 @@ def test_resetup_with_new_values_reuses_and_says_so(capfd, level: int) -> None:
 KEPT = "the factor itself (same operator values and options)"
 
 
+@pytest.mark.parametrize("pc_class", ["FSAIPC", "GCVAEPC"])
+def test_resetups_gather_through_positions_kept_for_the_structure(pc_class: str) -> None:
+    """3D P1 elasticity in nested-dissection order has more pairs in its rows' A[J, J] (5.5 per nonzero of A
+    here) than a first setup keeps positions for (PLAN_BUDGET): the first setup looks them up, a setup with new
+    values on the same structure keeps them (RESETUP_PLAN_BUDGET) and later setups gather through them -- every
+    factor the one a fresh preconditioner builds."""
+    from pcgcvae.bench import assemble_case, benchmark_spec
+    from pcgcvae.fsai import PLAN_BUDGET, RESETUP_PLAN_BUDGET
+    from pcgcvae.problems import build_problem
+
+    A, _ = assemble_case(build_problem(benchmark_spec("elasticity-3d", 3)))
+    ksp = python_ksp(A, pc_class)
+    ksp.setUp()
+    ctx = ksp.getPC().getPythonContext()
+    plan = ctx._pattern_cache["fsai_plan"]
+    nnz = int(A.getInfo()["nz_used"])
+    assert PLAN_BUDGET * nnz < plan.pairs <= RESETUP_PLAN_BUDGET * nnz and plan.a_positions is None
+    for k, scale in enumerate((2.0, 0.25)):  # new values on the same structure, twice
+        A.scale(scale)
+        ksp.setOperators(A)
+        ksp.setUp()
+        assert ctx._pattern_cache["fsai_plan"] is plan and plan.a_positions is not None, k
+        assert "FSAI plan" in ctx.stats["reused"] and _same_factor(ksp, A, pc_class, {}), k
+
+
+
+
 def _same_factor(ksp: PETSc.KSP, A: PETSc.Mat, pc_class: str, opts: dict) -> bool:
     """Whether ``ksp``'s G equals the one a fresh preconditioner builds on ``A`` with ``opts``."""
     fresh = python_ksp(A, pc_class, **opts)
