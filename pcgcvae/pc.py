@@ -478,15 +478,14 @@ class SPAIFactorPC:
             cache.update(fsai_plan=FSAIPlan(ahat, s, block.owned), fsai_plan_rows=key, fsai_plan_setup=self._setups)
         elif cache["fsai_plan_setup"] != self._setups and "FSAI plan" not in self._reused:
             self._reused.append("FSAI plan")
-            # values change on this structure (Newton, time steps): from now on gather A[J, J] through kept
-            # positions where a first setup's budget left them out (3D elasticity; RESETUP_PLAN_BUDGET)
-            cache["fsai_plan"].keep_positions(ahat, s)
         return cache["fsai_plan"]
 
     def _fsai(self, ahat: CSR, s: CSR, block: _LocalBlock) -> np.ndarray:
         """FSAI's values on this setup's pattern (its owned rows), through the structure's plan."""
-        return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index,
-                           plan=self._fsai_plan(ahat, s, block))
+        plan = self._fsai_plan(ahat, s, block)
+        if "FSAI plan" in self._reused:  # values change on a structure seen before (Newton, time steps): from
+            plan.keep_positions(ahat, s)  # now on gather A[J, J] where a first setup's budget did not keep them
+        return fsai_values(ahat, s, rows=block.owned, global_index=block.global_index, plan=plan)
 
     def _normalised(self, ahat: CSR, s: CSR, block: _LocalBlock, g: np.ndarray) -> np.ndarray:
         """Values ``g`` on S with every row scaled to (G Â Gᵀ)_ii = 1: through the positions of each row's
