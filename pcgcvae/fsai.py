@@ -43,6 +43,9 @@ class FSAIPlan:
             for start in range(0, len(group), chunk):
                 self.batches.append((k, group[start:start + chunk].astype(s.indptr.dtype)))
         self.pairs = sum(len(r) * k * (k - 1) // 2 for k, r in self.batches)
+        # whether the pairs fit a first setup's budget: beyond it, gathering A[J, J] pair by pair also costs more
+        # than scipy's products for a row normalisation (3D elasticity, 6.9 per nonzero: 0.35 against 0.26 s)
+        self.few_pairs = self.pairs <= PLAN_BUDGET * max(a.nnz, 1)
         self.a_positions: list[np.ndarray] | None = None
         self.missing: list[bool] = []  # per batch: whether some pair is not stored in A
         self.keep_positions(a, s, budget)

@@ -31,7 +31,7 @@ from petsc4py import PETSc
 from .csr import CSR, check_operator, normalise_rows, scale_symmetric, structure_digest
 from .errors import OperatorError, OptionError, PCGCVAEError
 from .features import GraphTopology, build_arrays, graph_topology
-from .fsai import PLAN_BUDGET, FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
+from .fsai import FSAIPlan, fsai_values, kaporin_of_diagonal, normalised_on_plan
 from .guard import (
     DEFAULT_FRACTION,
     DEFAULT_FULL_ITERATIONS,
@@ -497,7 +497,7 @@ class SPAIFactorPC:
         products 0.26 s)."""
         if len(block.owned) == s.n:
             plan = self._fsai_plan(ahat, s, block, build="pattern" in self._reused)
-            if plan is not None and plan.a_positions is not None and plan.pairs <= PLAN_BUDGET * max(ahat.nnz, 1):
+            if plan is not None and plan.a_positions is not None and plan.few_pairs:
                 return normalised_on_plan(ahat, s, g, plan)
         return normalise_rows(s.with_data(g), ahat)
 

@@ -295,7 +295,7 @@ def test_row_normalisation_through_the_fsai_plan_matches_sparse_products(level: 
     f = fsai_values(ahat, s, plan=plan)
     np.testing.assert_allclose(fsai_values(ahat, s), f, rtol=1e-12)
     late = FSAIPlan(ahat, s, budget=0)  # no positions at first (over its budget): looked up per setup
-    assert late.a_positions is None and late.pairs == plan.pairs
+    assert late.a_positions is None and late.pairs == plan.pairs and late.few_pairs and plan.few_pairs
     np.testing.assert_array_equal(fsai_values(ahat, s, plan=late), f)
     assert not late.keep_positions(ahat, s, budget=0) and late.a_positions is None
     assert late.keep_positions(ahat, s) and late.missing == plan.missing  # kept later, within RESETUP_PLAN_BUDGET
