@@ -35,3 +35,19 @@ def test_optimisation_lowers_the_condition_number_from_fsai(problem):
     assert ceiling.log_condition(op, best) == pytest.approx(min(history), rel=1e-10)
     assert best.shape == fsai.shape and not np.array_equal(best, fsai)
     assert ceiling.cg_iterations(op, best) <= ceiling.cg_iterations(op, fsai)
+
+
+def test_saved_factors_give_back_the_operator_and_the_values(problem, tmp_path):
+    _, op = problem
+    fsai = fsai_values(op.ahat, op.s)
+    other = 1.01 * fsai
+    path = ceiling.save_factors_npz(tmp_path / "p.npz", op, {"fsai": fsai, "optimised": other})
+    back, values = ceiling.load_factors_npz(path)
+    for name in ("indptr", "indices", "data"):
+        assert np.array_equal(getattr(back.a, name), getattr(op.a, name))
+        assert np.array_equal(getattr(back.ahat, name), getattr(op.ahat, name))
+    assert np.array_equal(back.s.indptr, op.s.indptr) and np.array_equal(back.s.indices, op.s.indices)
+    assert np.array_equal(back.dinv, op.dinv) and np.array_equal(back.perm, op.perm)
+    assert sorted(values) == ["fsai", "optimised"]
+    assert np.array_equal(values["optimised"], other)
+    assert ceiling.cg_iterations(back, values["fsai"]) == ceiling.cg_iterations(op, fsai)

@@ -177,13 +177,35 @@ def model_values(op: LocalOperator, model: str, block_size: int) -> np.ndarray:
     return normalise_rows(op.s.with_data(raw.astype(np.float64)), op.ahat)
 
 
+def save_factors_npz(path: Path, op: LocalOperator, candidates: dict[str, np.ndarray]) -> Path:
+    """Write ``op`` (A in the local ordering, D^-1/2, the pattern, the permutation) and the values of Ĝ on
+    the pattern of each candidate (``values_<name>``) to ``path``; :func:`load_factors_npz` reads it back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, a_indptr=op.a.indptr, a_indices=op.a.indices, a_data=op.a.data, dinv=op.dinv,
+                        s_indptr=op.s.indptr, s_indices=op.s.indices, perm=op.perm,
+                        **{f"values_{name}": np.asarray(g, dtype=np.float64) for name, g in candidates.items()})
+    return path
+
+
+def load_factors_npz(path: Path) -> tuple[LocalOperator, dict[str, np.ndarray]]:
+    """The local operator and the candidates' values written by :func:`save_factors_npz`."""
+    z = np.load(path)
+    a = CSR(z["a_indptr"], z["a_indices"], z["a_data"])
+    ahat, dinv = scale_symmetric(a)
+    s = CSR(z["s_indptr"], z["s_indices"], np.zeros(len(z["s_indices"])))
+    values = {k[len("values_"):]: z[k] for k in z.files if k.startswith("values_")}
+    return LocalOperator(a, ahat, dinv, s, z["perm"]), values
+
+
 def measure(family: str, sizes: list[int], sizes_3d: list[int], ordering: str, level: int, steps: int, lr: float,
             model: str | None = None, seed: int = 1000, objective: str = "condition", cg_fraction: float = 1.0,
-            probes: int = 4, start: str = "fsai") -> list[dict]:
+            probes: int = 4, start: str = "fsai", save_factors: Path | None = None) -> list[dict]:
     """One row per held-out problem: FSAI's, the optimised factor's (and the model's) log cond, CG
     iterations and, with ``objective`` "cg", the unrolled-CG rate over ``cg_fraction`` x FSAI's
     iterations (:func:`cg_objective`), which the optimisation then lowers instead of log cond; ``start``: from
-    FSAI's values or from the model's factor (``model`` needed)."""
+    FSAI's values or from the model's factor (``model`` needed).  With ``save_factors``, each problem's
+    local operator and every candidate's values go to ``save_factors/<family>-<dim>d-<size>-l<level>.npz``
+    (:func:`save_factors_npz`)."""
     import firedrake as fd
 
     from ..petsc_csr import mat_to_csr
@@ -219,6 +241,9 @@ def measure(family: str, sizes: list[int], sizes_3d: list[int], ordering: str, l
             if name != "fsai":
                 row[f"iterations_{name}"] = cg_iterations(op, g)
                 row[f"{name}/fsai"] = round(row[f"iterations_{name}"] / row["iterations_fsai"], 3)
+        if save_factors is not None:
+            row["factors"] = str(save_factors_npz(save_factors / f"{family}-{dim}d-{size}-l{level}.npz", op,
+                                                  candidates))
         print(json.dumps(row), flush=True)
         rows.append(row)
         P.destroy()
@@ -243,13 +268,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="start the optimisation from FSAI's values or from the model's factor (needs --model)")
     ap.add_argument("--model", default=None, help="also run this model's factor through the same CG (level 1 only)")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
+    ap.add_argument("--save-factors", type=Path, default=None,
+                    help="write each problem's local operator and the candidates' values of G here (.npz per problem)")
     args = ap.parse_args(argv)
     if args.sizes_3d and args.family != "elasticity":
         ap.error("--sizes-3d: 3D held-out problems exist for the elasticity family only")
     if args.start == "model" and (args.model is None or args.level != 1):
         ap.error("--start model needs --model (and pattern level 1)")
     rows = measure(args.family, args.sizes, args.sizes_3d, args.ordering, args.level, args.steps, args.lr, args.model,
-                   objective=args.objective, cg_fraction=args.cg_fraction, probes=args.probes, start=args.start)
+                   objective=args.objective, cg_fraction=args.cg_fraction, probes=args.probes, start=args.start,
+                   save_factors=args.save_factors)
     if args.out:
         given = sys.argv[1:] if argv is None else argv
         args.out.write_text(json.dumps({"command": " ".join(["python -m pcgcvae.training.ceiling", *given]),
