@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=1, help="the operator's (2 or 3 for elasticity)")
     ap.add_argument("--dim", type=int, default=2, choices=[2, 3], help="--transfer: the held-out problems' dimension")
     ap.add_argument("--level", type=int, default=1, choices=[1, 2], help="the saved factors' pattern level")
+    ap.add_argument("--suite", nargs="*", default=[],
+                    help="foreign-suite problems (scalar, Dirichlet) to apply the fits to, on the suite's random "
+                         "right-hand side")
     ap.add_argument("--ridge", type=float, default=1e-8, help="Tikhonov weight relative to the features' scale")
     args = ap.parse_args(argv)
     sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc as options
@@ -167,6 +170,26 @@ def main(argv: list[str] | None = None) -> None:
             ratio = fr.copy()
             ratio[o] += (features(other, fr, kind, args.level, args.block_size)[o] @ coef)
             row[kind] = ceiling.cg_iterations(other, factor_from_ratios(other, ratio))
+        print(json.dumps(row), flush=True)
+
+    from pcgcvae import foreign
+
+    cases = {c.name: c for c in foreign.all_cases()}
+    for name in args.suite:
+        built = cases[name].build(False)
+        if built.nullspace is not None or built.split is not None:
+            raise SystemExit(f"{name}: only problems without a null space or split are supported")
+        b = foreign._random_rhs(built, name)
+        rhs = b.getArray().copy()
+        b.destroy()
+        other = ceiling.local_operator(mat_to_csr(built.pc_matrix), "nd", args.block_size, args.level)
+        fsai = fsai_values(other.ahat, other.s)
+        fr, o = row_ratios(other.s, fsai)
+        row = {"suite": name, "n": other.a.n, "iterations_fsai": ceiling.cg_iterations(other, fsai, rhs=rhs)}
+        for kind, coef in fits.items():
+            ratio = fr.copy()
+            ratio[o] += (features(other, fr, kind, args.level, args.block_size)[o] @ coef)
+            row[kind] = ceiling.cg_iterations(other, factor_from_ratios(other, ratio), rhs=rhs)
         print(json.dumps(row), flush=True)
 
 

@@ -140,9 +140,9 @@ def optimise(objective: Objective, g0: np.ndarray, steps: int = DEFAULT_STEPS, l
     return best, history
 
 
-def cg_iterations(op: LocalOperator, g: np.ndarray, rtol: float = 1e-8) -> int:
-    """CG iterations on A x = b (b: :func:`pcgcvae.evaluate.solve`'s random vector in the matrix's own order,
-    permuted with it; unpreconditioned residual to ``rtol``) with M = Gᵀ G,
+def cg_iterations(op: LocalOperator, g: np.ndarray, rtol: float = 1e-8, rhs: np.ndarray | None = None) -> int:
+    """CG iterations on A x = b (b: ``rhs``, default :func:`pcgcvae.evaluate.solve`'s random vector, in the
+    matrix's own order, permuted with it; unpreconditioned residual to ``rtol``) with M = Gᵀ G,
     G = Ĝ D^-1/2 for the values ``g`` of Ĝ on the pattern (:func:`pcgcvae.trial.full_cg`)."""
     from ..petsc_csr import csr_to_mat
     from ..trial import full_cg
@@ -152,7 +152,8 @@ def cg_iterations(op: LocalOperator, g: np.ndarray, rtol: float = 1e-8) -> int:
     P = csr_to_mat(op.a)
     b = P.createVecLeft()
     try:
-        b.setArray(np.random.default_rng(RHS_SEED).standard_normal(op.a.n)[op.perm])
+        given = np.random.default_rng(RHS_SEED).standard_normal(op.a.n) if rhs is None else np.asarray(rhs)
+        b.setArray(given[op.perm])
         result = full_cg(P, G, b, rtol=rtol, max_it=20 * op.a.n)
     finally:
         for obj in (b, P, G):
