@@ -17,7 +17,9 @@ and counts CG's iterations (the ceiling's harness) with FSAI's ratios plus the f
   whether the optimum depends on where a node sits in the domain.
 
 A fit at one size is applied unchanged to the other sizes' problems (``--transfer``: the held-out generator's
-problems, FSAI's ratios plus the predicted change): whether a rule learned on one matrix carries to larger ones.
+problems, FSAI's ratios plus the predicted change): whether a rule learned on one matrix carries to larger ones;
+``--suite`` applies it to foreign-suite problems (scalar, Dirichlet) on the suite's random right-hand side.
+A count of null: CG did not converge in 5x FSAI's iterations with the rule's factor.
 
     python -m pcgcvae.training.ceiling --family poisson --sizes 48 --steps 300 --lr 3e-3 --objective cg \\
         --cg-fraction 0.75 --probes 32 --model poisson --save-factors factors --out p48.json
@@ -108,6 +110,17 @@ def factor_from_ratios(op, ratio: np.ndarray) -> np.ndarray:  # noqa: ANN001
     return normalise_rows(op.s.with_data(ratio.astype(np.float64)), op.ahat)
 
 
+def count(op, g: np.ndarray, limit: int, rhs: np.ndarray | None = None) -> int | None:  # noqa: ANN001
+    """CG's iterations with the factor ``g`` (:func:`pcgcvae.training.ceiling.cg_iterations`), None where they
+    exceed ``limit`` (a rule applied far from its data can make the factor useless)."""
+    from pcgcvae.training import ceiling
+
+    try:
+        return ceiling.cg_iterations(op, g, rhs=rhs, max_it=limit)
+    except RuntimeError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("factors", type=Path, help="a --save-factors file of python -m pcgcvae.training.ceiling")
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind, coef in fits.items():
             ratio = fr.copy()
             ratio[o] += (features(other, fr, kind, args.level, args.block_size)[o] @ coef)
-            row[kind] = ceiling.cg_iterations(other, factor_from_ratios(other, ratio))
+            row[kind] = count(other, factor_from_ratios(other, ratio), 5 * row["iterations_fsai"])
         print(json.dumps(row), flush=True)
 
     from pcgcvae import foreign
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind, coef in fits.items():
             ratio = fr.copy()
             ratio[o] += (features(other, fr, kind, args.level, args.block_size)[o] @ coef)
-            row[kind] = ceiling.cg_iterations(other, factor_from_ratios(other, ratio), rhs=rhs)
+            row[kind] = count(other, factor_from_ratios(other, ratio), 5 * row["iterations_fsai"], rhs)
         print(json.dumps(row), flush=True)
 
 

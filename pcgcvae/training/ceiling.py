@@ -140,10 +140,12 @@ def optimise(objective: Objective, g0: np.ndarray, steps: int = DEFAULT_STEPS, l
     return best, history
 
 
-def cg_iterations(op: LocalOperator, g: np.ndarray, rtol: float = 1e-8, rhs: np.ndarray | None = None) -> int:
+def cg_iterations(op: LocalOperator, g: np.ndarray, rtol: float = 1e-8, rhs: np.ndarray | None = None,
+                  max_it: int | None = None) -> int:
     """CG iterations on A x = b (b: ``rhs``, default :func:`pcgcvae.evaluate.solve`'s random vector, in the
     matrix's own order, permuted with it; unpreconditioned residual to ``rtol``) with M = Gᵀ G,
-    G = Ĝ D^-1/2 for the values ``g`` of Ĝ on the pattern (:func:`pcgcvae.trial.full_cg`)."""
+    G = Ĝ D^-1/2 for the values ``g`` of Ĝ on the pattern (:func:`pcgcvae.trial.full_cg`); RuntimeError if CG
+    has not converged in ``max_it`` iterations (default 20 n)."""
     from ..petsc_csr import csr_to_mat
     from ..trial import full_cg
 
@@ -154,7 +156,7 @@ def cg_iterations(op: LocalOperator, g: np.ndarray, rtol: float = 1e-8, rhs: np.
     try:
         given = np.random.default_rng(RHS_SEED).standard_normal(op.a.n) if rhs is None else np.asarray(rhs)
         b.setArray(given[op.perm])
-        result = full_cg(P, G, b, rtol=rtol, max_it=20 * op.a.n)
+        result = full_cg(P, G, b, rtol=rtol, max_it=20 * op.a.n if max_it is None else max_it)
     finally:
         for obj in (b, P, G):
             obj.destroy()
