@@ -192,12 +192,13 @@ def save_factors_npz(path: Path, op: LocalOperator, candidates: dict[str, np.nda
 
 def load_factors_npz(path: Path) -> tuple[LocalOperator, dict[str, np.ndarray]]:
     """The local operator and the candidates' values written by :func:`save_factors_npz`."""
-    z = np.load(path)
-    a = CSR(z["a_indptr"], z["a_indices"], z["a_data"])
+    with np.load(path) as z:
+        a = CSR(z["a_indptr"], z["a_indices"], z["a_data"])
+        s = CSR(z["s_indptr"], z["s_indices"], np.zeros(len(z["s_indices"])))
+        values = {k[len("values_"):]: z[k] for k in z.files if k.startswith("values_")}
+        perm = z["perm"]
     ahat, dinv = scale_symmetric(a)
-    s = CSR(z["s_indptr"], z["s_indices"], np.zeros(len(z["s_indices"])))
-    values = {k[len("values_"):]: z[k] for k in z.files if k.startswith("values_")}
-    return LocalOperator(a, ahat, dinv, s, z["perm"]), values
+    return LocalOperator(a, ahat, dinv, s, perm), values
 
 
 def measure(family: str, sizes: list[int], sizes_3d: list[int], ordering: str, level: int, steps: int, lr: float,
