@@ -121,6 +121,22 @@ def count(op, g: np.ndarray, limit: int, rhs: np.ndarray | None = None) -> int |
         return None
 
 
+def apply_fits(op, fits: dict[str, np.ndarray], level: int, block_size: int,  # noqa: ANN001
+               rhs: np.ndarray | None = None) -> dict:
+    """FSAI's count and each fitted rule's (FSAI's ratios plus the rule's change) on another operator."""
+    from pcgcvae.fsai import fsai_values
+    from pcgcvae.training import ceiling
+
+    fsai = fsai_values(op.ahat, op.s)
+    fr, off = row_ratios(op.s, fsai)
+    row = {"n": op.a.n, "iterations_fsai": ceiling.cg_iterations(op, fsai, rhs=rhs)}
+    for kind, coef in fits.items():
+        ratio = fr.copy()
+        ratio[off] += features(op, fr, kind, level, block_size)[off] @ coef
+        row[kind] = count(op, factor_from_ratios(op, ratio), 5 * row["iterations_fsai"], rhs)
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("factors", type=Path, help="a --save-factors file of python -m pcgcvae.training.ceiling")
@@ -138,7 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv[1:] = []  # Firedrake hands sys.argv to PETSc as options
     import firedrake as fd
 
-    from pcgcvae.fsai import fsai_values
     from pcgcvae.petsc_csr import mat_to_csr
     from pcgcvae.problems import build_problem
     from pcgcvae.training import ceiling
@@ -176,14 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         P = build_problem(heldout_spec(args.family, size, args.dim, 1000), comm=fd.COMM_SELF).assemble_matrix()
         other = ceiling.local_operator(mat_to_csr(P), "nd", args.block_size, args.level)
         P.destroy()
-        fsai = fsai_values(other.ahat, other.s)
-        fr, o = row_ratios(other.s, fsai)
-        row = {"transfer": size, "n": other.a.n, "iterations_fsai": ceiling.cg_iterations(other, fsai)}
-        for kind, coef in fits.items():
-            ratio = fr.copy()
-            ratio[o] += (features(other, fr, kind, args.level, args.block_size)[o] @ coef)
-            row[kind] = count(other, factor_from_ratios(other, ratio), 5 * row["iterations_fsai"])
-        print(json.dumps(row), flush=True)
+        print(json.dumps({"transfer": size, **apply_fits(other, fits, args.level, args.block_size)}), flush=True)
 
     from pcgcvae import foreign
 
@@ -196,14 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         rhs = b.getArray().copy()
         b.destroy()
         other = ceiling.local_operator(mat_to_csr(built.pc_matrix), "nd", args.block_size, args.level)
-        fsai = fsai_values(other.ahat, other.s)
-        fr, o = row_ratios(other.s, fsai)
-        row = {"suite": name, "n": other.a.n, "iterations_fsai": ceiling.cg_iterations(other, fsai, rhs=rhs)}
-        for kind, coef in fits.items():
-            ratio = fr.copy()
-            ratio[o] += (features(other, fr, kind, args.level, args.block_size)[o] @ coef)
-            row[kind] = count(other, factor_from_ratios(other, ratio), 5 * row["iterations_fsai"], rhs)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({"suite": name, **apply_fits(other, fits, args.level, args.block_size, rhs)}), flush=True)
 
 
 if __name__ == "__main__":
