@@ -3,8 +3,9 @@ issue 23, not the product).
 
 The ceiling (``python -m pcgcvae.training.ceiling ... --save-factors DIR``) stores a held-out problem's local
 operator with FSAI's values and the optimised ones on the same pattern.  Row-normalised as the preconditioner
-normalises every factor (diag(G Â Gᵀ) = 1), a factor is fixed by its off-diagonal ratios G_ij / G_ii; this
-script regresses the optimum's change of those ratios over FSAI's, d_ij, on per-entry features by least squares
+normalises every factor (diag(G Â Gᵀ) = 1), a factor is fixed by its off-diagonal ratios G_ij / G_ii; the
+script first counts each saved factor raw and normalised, and FSAI's ratios with the optimum's row scales, then
+regresses the optimum's change of those ratios over FSAI's, d_ij, on per-entry features by least squares
 and counts CG's iterations (the ceiling's harness) with FSAI's ratios plus the fitted change:
 
 - ``local``: what the network reads within one hop: the entry's pattern features, both nodes' features
@@ -169,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
             it[name] = ceiling.cg_iterations(op, values[name])
             normalised = factor_from_ratios(op, row_ratios(op.s, values[name])[0])
             it[f"{name} normalised"] = ceiling.cg_iterations(op, normalised)
+    # the optimum's row scales (its G_ii over the normalised factor's) on FSAI's ratios: do they help alone?
+    diag = op.s.indptr[1:] - 1
+    normalised = factor_from_ratios(op, opt_ratio)
+    scales = (values["optimised"][diag] / normalised[diag])[np.repeat(np.arange(op.s.n), np.diff(op.s.indptr))]
+    it["fsai ratios, optimised scales"] = ceiling.cg_iterations(op, values["fsai"] * scales)
     print(json.dumps({"problem": str(args.factors), "n": op.a.n, "iterations": it}), flush=True)
 
     fits = {}
