@@ -42,9 +42,8 @@ BOUNDARY_CAP = 8  # hops: distances beyond this are one class
 def row_ratios(s, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """G_ij / G_ii on every entry of the lower pattern ``s`` (diagonal last in each row) and the mask of
     off-diagonal entries."""
-    rows = np.repeat(np.arange(s.n), np.diff(s.indptr))
-    diag = s.indices == rows
-    return g / g[s.indptr[1:] - 1][rows], ~diag
+    rows = s.rows()
+    return g / g[s.indptr[1:] - 1][rows], s.indices != rows
 
 
 def boundary_distance(a) -> np.ndarray:  # noqa: ANN001
@@ -73,9 +72,8 @@ def lowest_mode(ahat) -> np.ndarray:  # noqa: ANN001
 
 def a2_on_pattern(op) -> np.ndarray:  # noqa: ANN001
     """Â² on the entries of the pattern (the network's input at level 2)."""
-    rows = np.repeat(np.arange(op.s.n), np.diff(op.s.indptr))
     m = op.ahat.scipy()
-    return np.asarray((m @ m)[rows, op.s.indices]).ravel()
+    return np.asarray((m @ m)[op.s.rows(), op.s.indices]).ravel()
 
 
 def features(op, fsai_ratio: np.ndarray, kind: str, level: int, block_size: int = 1) -> np.ndarray:  # noqa: ANN001
@@ -91,7 +89,7 @@ def features(op, fsai_ratio: np.ndarray, kind: str, level: int, block_size: int 
         cols += [base[:, a] * base[:, b] for a in range(base.shape[1]) for b in range(a, base.shape[1])]
     if kind == "+boundary":
         d = boundary_distance(op.a)
-        onehot = [(np.minimum(d[i], BOUNDARY_CAP) == h).astype(float) for h in range(BOUNDARY_CAP + 1)]
+        onehot = [(d[i] == h).astype(float) for h in range(BOUNDARY_CAP + 1)]
         cols += onehot + [o * fsai_ratio for o in onehot]
     if kind == "+2hop":
         m = abs(op.ahat.scipy())
@@ -165,15 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     opt_ratio, _ = row_ratios(op.s, values["optimised"])
     target = (opt_ratio - fsai_ratio)[off]
     it = {"fsai": ceiling.cg_iterations(op, values["fsai"])}
+    normalised = {}
     for name in values:
         if name != "fsai":
             it[name] = ceiling.cg_iterations(op, values[name])
-            normalised = factor_from_ratios(op, row_ratios(op.s, values[name])[0])
-            it[f"{name} normalised"] = ceiling.cg_iterations(op, normalised)
+            normalised[name] = factor_from_ratios(op, row_ratios(op.s, values[name])[0])
+            it[f"{name} normalised"] = ceiling.cg_iterations(op, normalised[name])
     # the optimum's row scales (its G_ii over the normalised factor's) on FSAI's ratios: do they help alone?
     diag = op.s.indptr[1:] - 1
-    normalised = factor_from_ratios(op, opt_ratio)
-    scales = (values["optimised"][diag] / normalised[diag])[np.repeat(np.arange(op.s.n), np.diff(op.s.indptr))]
+    scales = (values["optimised"][diag] / normalised["optimised"][diag])[op.s.rows()]
     it["fsai ratios, optimised scales"] = ceiling.cg_iterations(op, values["fsai"] * scales)
     print(json.dumps({"problem": str(args.factors), "n": op.a.n, "iterations": it}), flush=True)
 

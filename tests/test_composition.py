@@ -150,8 +150,6 @@ def test_resetups_gather_through_positions_kept_for_the_structure(pc_class: str)
         assert "FSAI plan" in ctx.stats["reused"] and _same_factor(ksp, A, pc_class, {}), k
 
 
-
-
 def _same_factor(ksp: PETSc.KSP, A: PETSc.Mat, pc_class: str, opts: dict) -> bool:
     """Whether ``ksp``'s G equals the one a fresh preconditioner builds on ``A`` with ``opts``."""
     fresh = python_ksp(A, pc_class, **opts)
